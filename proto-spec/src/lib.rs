@@ -5,7 +5,11 @@
 //! No I/O and no clock lives here: callers hand in bytes (and, where it matters, the time).
 
 pub mod address;
+pub mod control;
 pub mod identity;
+pub mod packet;
+pub mod stream;
+pub mod wire;
 
 pub use address::{Address, ParseAddressError};
 pub use identity::{IdentityError, KeyFileError, PublicIdentity, SecretIdentity};

@@ -1,0 +1,883 @@
+//! `Node`: one identity, one UDP socket, one QUIC endpoint. It keeps one verified connection
+//! per peer, carries overlay streams and datagrams to virtual ports, and answers STUN and
+//! sealed control packets (ping) on the same socket.
+//!
+//! Shape: tasks own the I/O (endpoint accept loop, one control-packet loop, two loops per
+//! connection); all shared facts sit in one `State` behind a mutex that is never held across
+//! an `.await`. Path selection and hole punching will enter as sans-IO machines driven by the
+//! control loop; today every path is the direct one the connection was made on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tern_proto::control::{ControlKeys, ControlMessage, Counter, ReplayWindow, peek_addresses};
+use tern_proto::packet::{PacketKind, TernType};
+use tern_proto::stream::{
+    DATAGRAM_HEADER_LEN, PREAMBLE_LEN, Preamble, StreamStatus, decode_datagram,
+    encode_datagram_header,
+};
+use tern_proto::{Address, PublicIdentity, SecretIdentity};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::transport::handshake::{self, HandshakeError, Verified};
+use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted};
+use crate::transport::stun;
+
+/// Tunables of the transport. The defaults suit the open internet behind home NATs.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// QUIC keep-alive: well inside the 30 s a Linux NAT keeps an unanswered UDP mapping.
+    pub keep_alive: Duration,
+    /// A connection with no packets for this long is closed.
+    pub idle_timeout: Duration,
+    /// Requested UDP socket buffer size (each direction).
+    pub socket_buffer_bytes: usize,
+    /// Inbound handshakes in progress at once; more are refused.
+    pub max_handshakes: usize,
+    /// How long a dial may take, handshake and identity check included.
+    pub dial_timeout: Duration,
+    /// Streams waiting for `accept` on one port before new ones are refused as busy.
+    pub stream_backlog: usize,
+    /// Datagrams waiting on one port before new ones are dropped.
+    pub datagram_backlog: usize,
+    /// How long an opened stream may take to send its preamble, or to answer one.
+    pub preamble_timeout: Duration,
+    /// Concurrent streams a peer may open on one connection.
+    pub max_streams_per_peer: u32,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            socket_buffer_bytes: 8 << 20,
+            max_handshakes: 256,
+            dial_timeout: Duration::from_secs(10),
+            stream_backlog: 128,
+            datagram_backlog: 256,
+            preamble_timeout: Duration::from_secs(10),
+            max_streams_per_peer: 1024,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn quic(&self) -> quinn::TransportConfig {
+        let mut quic = quinn::TransportConfig::default();
+        quic.keep_alive_interval(Some(self.keep_alive));
+        quic.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
+        quic.max_concurrent_bidi_streams(self.max_streams_per_peer.into());
+        // The identity hello is the only unidirectional stream.
+        quic.max_concurrent_uni_streams(1u8.into());
+        quic
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot set up the UDP socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("cannot start the QUIC endpoint: {0}")]
+    Endpoint(#[source] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("handshake with {peer} at {at} failed: {source}")]
+    Handshake {
+        peer: Address,
+        at: SocketAddr,
+        source: HandshakeError,
+    },
+    #[error(
+        "no answer from {peer} at {at} within {timeout:?}: check that its ternd is running and \
+         that the address is reachable"
+    )]
+    Timeout {
+        peer: Address,
+        at: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("not connected to {0}: dial it first")]
+    NotConnected(Address),
+    #[error("{peer} refused the stream to port {port}: {}", refusal_reason(*.status, *.port))]
+    Refused {
+        peer: Address,
+        port: u16,
+        status: StreamStatus,
+    },
+    #[error("{peer} did not answer the stream to port {port} within {timeout:?}")]
+    NoAnswer {
+        peer: Address,
+        port: u16,
+        timeout: Duration,
+    },
+    #[error("the connection to {peer} broke: {reason}")]
+    ConnectionLost { peer: Address, reason: String },
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+fn refusal_reason(status: StreamStatus, port: u16) -> String {
+    match status {
+        StreamStatus::NotTrusted => {
+            "this node is not on its trust list (ask its operator to `ternctl trust add` it)".into()
+        }
+        StreamStatus::NoListener => format!("nothing listens on port {port} there"),
+        StreamStatus::Busy => format!("port {port} has too many streams waiting; try again"),
+        StreamStatus::BadPreamble => "it did not understand the stream preamble".into(),
+        StreamStatus::Accepted => "accepted".into(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("port {0} is already in use on this node")]
+    InUse(u16),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatagramError {
+    #[error("not connected to {0}: dial it first")]
+    NotConnected(Address),
+    #[error("datagram to {peer} not sent: {reason}")]
+    Send { peer: Address, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no verified connection to {0}, so its key is unknown: dial it first")]
+    UnknownPeer(Address),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not send: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// What the node knows about a connected peer, for `peers` and `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerInfo {
+    pub address: Address,
+    /// `direct` for now; `lan` and `relay` arrive with NAT traversal.
+    pub path: &'static str,
+    pub remote: SocketAddr,
+    pub rtt_ms: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Seconds since the Unix epoch when the connection was verified.
+    pub since: u64,
+}
+
+/// One end of an overlay stream: bytes in order, both directions, like a TCP connection.
+#[derive(Debug)]
+pub struct OverlayStream {
+    pub peer: Address,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl AsyncRead for OverlayStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OverlayStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send)
+            .poll_write(cx, buf)
+            .map_err(Into::into)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
+
+/// An overlay datagram received on a listened port.
+#[derive(Debug, Clone)]
+pub struct Datagram {
+    pub from: Address,
+    pub source_port: u16,
+    pub payload: Bytes,
+}
+
+/// Streams and datagrams arriving on one virtual port; the port is freed when this drops.
+pub struct Listener {
+    port: u16,
+    streams: mpsc::Receiver<OverlayStream>,
+    datagrams: mpsc::Receiver<Datagram>,
+    shared: Weak<Shared>,
+}
+
+impl Listener {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The next accepted stream; `None` once the node has shut down.
+    pub async fn accept(&mut self) -> Option<OverlayStream> {
+        self.streams.recv().await
+    }
+
+    pub async fn recv_datagram(&mut self) -> Option<Datagram> {
+        self.datagrams.recv().await
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.state().ports.remove(&self.port);
+        }
+    }
+}
+
+struct PortSenders {
+    streams: mpsc::Sender<OverlayStream>,
+    datagrams: mpsc::Sender<Datagram>,
+}
+
+struct Peer {
+    connection: quinn::Connection,
+    keys: Arc<ControlKeys>,
+    replay: ReplayWindow,
+    since: SystemTime,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<Address, Peer>,
+    ports: HashMap<u16, PortSenders>,
+    pings: HashMap<u64, oneshot::Sender<SocketAddr>>,
+    stun: HashMap<stun::TransactionId, oneshot::Sender<SocketAddr>>,
+    next_ephemeral_port: u16,
+    next_txid: u64,
+}
+
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl State {
+    fn ephemeral_port(&mut self) -> u16 {
+        let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start() + 1;
+        self.next_ephemeral_port = (self.next_ephemeral_port + 1) % span;
+        EPHEMERAL_PORTS.start() + self.next_ephemeral_port
+    }
+
+    fn live_connection(&self, peer: Address) -> Option<quinn::Connection> {
+        self.peers
+            .get(&peer)
+            .filter(|p| p.connection.close_reason().is_none())
+            .map(|p| p.connection.clone())
+    }
+}
+
+struct Shared {
+    identity: SecretIdentity,
+    endpoint: quinn::Endpoint,
+    socket: Arc<DemuxSocket>,
+    client_config: quinn::ClientConfig,
+    config: TransportConfig,
+    local_addr: SocketAddr,
+    buffer_sizes: BufferSizes,
+    state: Mutex<State>,
+    control_counter: Mutex<Counter>,
+    dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("node state lock poisoned")
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"node shut down");
+    }
+}
+
+/// A running node. Cloning gives another handle to the same node; it shuts down when the last
+/// handle is dropped or [`Node::close`] is called.
+#[derive(Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+}
+
+impl Node {
+    /// Starts a node on an already bound UDP socket. Must run inside a tokio runtime.
+    pub fn start(
+        identity: SecretIdentity,
+        socket: std::net::UdpSocket,
+        config: TransportConfig,
+    ) -> Result<Self, NodeError> {
+        socket.set_nonblocking(true).map_err(NodeError::Socket)?;
+        let (demux, diverted, buffer_sizes) =
+            DemuxSocket::new(socket, config.socket_buffer_bytes).map_err(NodeError::Socket)?;
+        let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
+        let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Keep QUIC's first byte at 0x40 or above so the first-byte demultiplexing holds.
+        endpoint_config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(tls.server),
+            demux.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(NodeError::Endpoint)?;
+        tracing::info!(
+            address = %identity.address(),
+            %local_addr,
+            receive_buffer = buffer_sizes.receive,
+            send_buffer = buffer_sizes.send,
+            "node listening"
+        );
+        let shared = Arc::new(Shared {
+            identity,
+            endpoint: endpoint.clone(),
+            socket: demux,
+            client_config: tls.client,
+            local_addr,
+            buffer_sizes,
+            state: Mutex::new(State::default()),
+            control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
+            dial_locks: Mutex::new(HashMap::new()),
+            config,
+        });
+        tokio::spawn(accept_loop(
+            endpoint,
+            Arc::downgrade(&shared),
+            Arc::new(Semaphore::new(shared.config.max_handshakes)),
+        ));
+        tokio::spawn(control_loop(diverted, Arc::downgrade(&shared)));
+        Ok(Self { shared })
+    }
+
+    pub fn address(&self) -> Address {
+        self.shared.identity.address()
+    }
+
+    pub fn identity(&self) -> &PublicIdentity {
+        self.shared.identity.public()
+    }
+
+    /// The real UDP address the node's socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    pub fn buffer_sizes(&self) -> BufferSizes {
+        self.shared.buffer_sizes
+    }
+
+    /// Datagrams the socket dropped: (unknown first byte, control queue full, unroutable).
+    pub fn dropped_datagrams(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.shared.socket.stats;
+        (
+            stats.unknown_dropped.load(Relaxed),
+            stats.diverted_dropped.load(Relaxed),
+            stats.unroutable_dropped.load(Relaxed),
+        )
+    }
+
+    /// Makes sure there is a verified connection to `peer`, dialling `at` if there is none.
+    pub async fn connect(&self, peer: Address, at: SocketAddr) -> Result<(), DialError> {
+        let shared = &self.shared;
+        if shared.state().live_connection(peer).is_some() {
+            return Ok(());
+        }
+        // One dial per peer at a time; later callers reuse its connection.
+        let lock = shared
+            .dial_locks
+            .lock()
+            .expect("dial lock table poisoned")
+            .entry(peer)
+            .or_default()
+            .clone();
+        let _dialling = lock.lock().await;
+        if shared.state().live_connection(peer).is_some() {
+            return Ok(());
+        }
+        let synthetic = shared.socket.paths().synthetic_for(at);
+        let connecting = shared
+            .endpoint
+            .connect_with(shared.client_config.clone(), synthetic, "tern")
+            .map_err(|e| DialError::Handshake {
+                peer,
+                at,
+                source: e.into(),
+            })?;
+        let timeout = shared.config.dial_timeout;
+        let verified = tokio::time::timeout(
+            timeout,
+            handshake::finish_dial(connecting, &shared.identity, peer),
+        )
+        .await
+        .map_err(|_| DialError::Timeout { peer, at, timeout })?
+        .map_err(|source| DialError::Handshake { peer, at, source })?;
+        register(shared, verified);
+        Ok(())
+    }
+
+    /// Opens a stream to `port` on a connected peer and waits for its answer.
+    pub async fn open_stream(&self, peer: Address, port: u16) -> Result<OverlayStream, DialError> {
+        let (connection, local_port) = {
+            let mut state = self.shared.state();
+            let connection = state
+                .live_connection(peer)
+                .ok_or(DialError::NotConnected(peer))?;
+            (connection, state.ephemeral_port())
+        };
+        let lost = |e: &dyn std::fmt::Display| DialError::ConnectionLost {
+            peer,
+            reason: e.to_string(),
+        };
+        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| lost(&e))?;
+        let preamble = Preamble {
+            destination_port: port,
+            source_port: local_port,
+        };
+        send.write_all(&preamble.encode())
+            .await
+            .map_err(|e| lost(&e))?;
+        let timeout = self.shared.config.preamble_timeout;
+        let mut answer = [0u8; 1];
+        tokio::time::timeout(timeout, recv.read_exact(&mut answer))
+            .await
+            .map_err(|_| DialError::NoAnswer {
+                peer,
+                port,
+                timeout,
+            })?
+            .map_err(|e| lost(&e))?;
+        match StreamStatus::from_byte(answer[0]) {
+            Ok(StreamStatus::Accepted) => Ok(OverlayStream {
+                peer,
+                local_port,
+                remote_port: port,
+                send,
+                recv,
+            }),
+            Ok(status) => Err(DialError::Refused { peer, port, status }),
+            Err(e) => Err(lost(&e)),
+        }
+    }
+
+    /// Starts accepting streams and datagrams on a virtual port.
+    pub fn listen(&self, port: u16) -> Result<Listener, ListenError> {
+        let mut state = self.shared.state();
+        if state.ports.contains_key(&port) {
+            return Err(ListenError::InUse(port));
+        }
+        let (stream_tx, streams) = mpsc::channel(self.shared.config.stream_backlog.max(1));
+        let (datagram_tx, datagrams) = mpsc::channel(self.shared.config.datagram_backlog.max(1));
+        state.ports.insert(
+            port,
+            PortSenders {
+                streams: stream_tx,
+                datagrams: datagram_tx,
+            },
+        );
+        Ok(Listener {
+            port,
+            streams,
+            datagrams,
+            shared: Arc::downgrade(&self.shared),
+        })
+    }
+
+    /// Sends one unreliable datagram to `port` on a connected peer.
+    pub fn send_datagram(
+        &self,
+        peer: Address,
+        port: u16,
+        source_port: u16,
+        payload: &[u8],
+    ) -> Result<(), DatagramError> {
+        let connection = self
+            .shared
+            .state()
+            .live_connection(peer)
+            .ok_or(DatagramError::NotConnected(peer))?;
+        let mut datagram = BytesMut::with_capacity(DATAGRAM_HEADER_LEN + payload.len());
+        datagram.extend_from_slice(&encode_datagram_header(port, source_port));
+        datagram.extend_from_slice(payload);
+        connection
+            .send_datagram(datagram.freeze())
+            .map_err(|e| DatagramError::Send {
+                peer,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Round trip of a sealed control ping to a connected peer, on its current path or at `at`.
+    pub async fn ping(
+        &self,
+        peer: Address,
+        at: Option<SocketAddr>,
+    ) -> Result<Duration, ProbeError> {
+        let shared = &self.shared;
+        let (packet, to, txid, answer) = {
+            let mut state = shared.state();
+            let entry = state
+                .peers
+                .get(&peer)
+                .ok_or(ProbeError::UnknownPeer(peer))?;
+            let keys = entry.keys.clone();
+            // Ask quinn first: its driver holds its own lock while it takes the path lock.
+            let synthetic = entry.connection.remote_address();
+            let current = shared.socket.paths().real_for(&synthetic);
+            let to = at.or(current).ok_or(ProbeError::UnknownPeer(peer))?;
+            state.next_txid += 1;
+            let txid = state.next_txid;
+            let (tx, rx) = oneshot::channel();
+            state.pings.insert(txid, tx);
+            let counter = shared.control_counter.lock().expect("counter lock").advance();
+            (
+                keys.seal(counter, &ControlMessage::Ping { txid }),
+                to,
+                txid,
+                rx,
+            )
+        };
+        let started = Instant::now();
+        let outcome = with_timeout(PROBE_TIMEOUT, async {
+            shared
+                .socket
+                .send_raw(to, &packet)
+                .await
+                .map_err(ProbeError::Send)?;
+            answer.await.map_err(|_| ProbeError::ShuttingDown)
+        })
+        .await;
+        shared.state().pings.remove(&txid);
+        outcome.map(|_| started.elapsed())
+    }
+
+    /// Asks a STUN server which address this node's socket appears from.
+    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, ProbeError> {
+        let (id, request) = stun::binding_request();
+        let (tx, rx) = oneshot::channel();
+        self.shared.state().stun.insert(id, tx);
+        let outcome = with_timeout(PROBE_TIMEOUT, async {
+            self.shared
+                .socket
+                .send_raw(server, &request)
+                .await
+                .map_err(ProbeError::Send)?;
+            rx.await.map_err(|_| ProbeError::ShuttingDown)
+        })
+        .await;
+        self.shared.state().stun.remove(&id);
+        outcome
+    }
+
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let state = self.shared.state();
+        let mut peers: Vec<PeerInfo> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connection.close_reason().is_none())
+            .filter_map(|(address, p)| {
+                let stats = p.connection.stats();
+                // Never hold the path lock while calling into quinn (see `ping`).
+                let synthetic = p.connection.remote_address();
+                Some(PeerInfo {
+                    address: *address,
+                    path: "direct",
+                    remote: self.shared.socket.paths().real_for(&synthetic)?,
+                    rtt_ms: p.connection.rtt().as_secs_f64() * 1000.0,
+                    bytes_sent: stats.udp_tx.bytes,
+                    bytes_received: stats.udp_rx.bytes,
+                    since: p
+                        .since
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                })
+            })
+            .collect();
+        peers.sort_by_key(|p| p.address);
+        peers
+    }
+
+    /// Closes every connection and waits (bounded) for the peers to be told.
+    pub async fn close(&self) {
+        self.shared.endpoint.close(0u32.into(), b"node shut down");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// How long a ping or STUN request waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    probe: impl std::future::Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Records a verified connection and starts serving it.
+fn register(shared: &Arc<Shared>, verified: Verified) {
+    let Verified { connection, peer } = verified;
+    let address = peer.address();
+    let synthetic = connection.remote_address();
+    shared.socket.paths().pin(synthetic);
+    {
+        let mut state = shared.state();
+        // When both sides dial at once there are two connections; the older live one keeps
+        // carrying new streams, and streams the peer opens on either are served.
+        if state.live_connection(address).is_none() {
+            state.peers.insert(
+                address,
+                Peer {
+                    connection: connection.clone(),
+                    keys: Arc::new(ControlKeys::new(&shared.identity, &peer)),
+                    replay: ReplayWindow::default(),
+                    since: SystemTime::now(),
+                },
+            );
+        }
+    }
+    tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");
+    tokio::spawn(serve_datagrams(
+        connection.clone(),
+        address,
+        Arc::downgrade(shared),
+    ));
+    tokio::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes in flight; refused");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let Some(me) = shared.upgrade().map(|s| s.identity.clone()) else {
+                return;
+            };
+            let timeout = shared
+                .upgrade()
+                .map_or(Duration::ZERO, |s| s.config.dial_timeout);
+            let outcome = tokio::time::timeout(timeout, async {
+                let connecting = incoming.accept().map_err(HandshakeError::from)?;
+                handshake::finish_accept(connecting, &me).await
+            })
+            .await;
+            match (outcome, shared.upgrade()) {
+                (Ok(Ok(verified)), Some(shared)) => register(&shared, verified),
+                (Ok(Err(e)), _) => tracing::debug!(error = %e, "inbound handshake failed"),
+                (Err(_), _) => tracing::debug!("inbound handshake timed out"),
+                (Ok(Ok(_)), None) => {}
+            }
+        });
+    }
+}
+
+async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Weak<Shared>) {
+    let reason = loop {
+        match connection.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(answer_stream(send, recv, peer, shared.clone()));
+            }
+            Err(e) => break e,
+        }
+    };
+    tracing::debug!(%peer, %reason, "connection closed");
+    if let Some(shared) = shared.upgrade() {
+        let synthetic = connection.remote_address();
+        shared.socket.paths().unpin(synthetic);
+        let mut state = shared.state();
+        if state
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.connection.stable_id() == connection.stable_id())
+        {
+            state.peers.remove(&peer);
+        }
+    }
+}
+
+/// Reads a stream's preamble and hands the stream to its port's listener, or refuses it.
+async fn answer_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: Address,
+    shared: Weak<Shared>,
+) {
+    let Some(timeout) = shared.upgrade().map(|s| s.config.preamble_timeout) else {
+        return;
+    };
+    let mut raw = [0u8; PREAMBLE_LEN];
+    let preamble = match tokio::time::timeout(timeout, recv.read_exact(&mut raw)).await {
+        Ok(Ok(())) => Preamble::decode(&raw),
+        // A peer that never finishes its preamble only costs this task until the timeout.
+        _ => return,
+    };
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let preamble = match preamble {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "bad stream preamble");
+            return refuse(send, recv, StreamStatus::BadPreamble).await;
+        }
+    };
+    let sender = shared
+        .state()
+        .ports
+        .get(&preamble.destination_port)
+        .map(|p| p.streams.clone());
+    drop(shared);
+    let Some(sender) = sender else {
+        return refuse(send, recv, StreamStatus::NoListener).await;
+    };
+    let Ok(permit) = sender.try_reserve() else {
+        return refuse(send, recv, StreamStatus::Busy).await;
+    };
+    // The answer goes out before the application can write anything after it.
+    if send
+        .write_all(&[StreamStatus::Accepted as u8])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    permit.send(OverlayStream {
+        peer,
+        local_port: preamble.destination_port,
+        remote_port: preamble.source_port,
+        send,
+        recv,
+    });
+}
+
+async fn refuse(mut send: quinn::SendStream, mut recv: quinn::RecvStream, status: StreamStatus) {
+    let _ = recv.stop(0u32.into());
+    if send.write_all(&[status as u8]).await.is_ok() {
+        let _ = send.finish();
+        // Let the answer reach the peer before the stream is dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+}
+
+async fn serve_datagrams(connection: quinn::Connection, peer: Address, shared: Weak<Shared>) {
+    while let Ok(bytes) = connection.read_datagram().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Ok((port, source_port, _)) = decode_datagram(&bytes) else {
+            continue;
+        };
+        let sender = shared.state().ports.get(&port).map(|p| p.datagrams.clone());
+        if let Some(sender) = sender {
+            // Datagrams are unreliable by contract: a full queue drops the newest.
+            let _ = sender.try_send(Datagram {
+                from: peer,
+                source_port,
+                payload: bytes.slice(DATAGRAM_HEADER_LEN..),
+            });
+        }
+    }
+}
+
+/// Handles every datagram that is not QUIC: STUN and sealed control packets.
+async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Shared>) {
+    while let Some(packet) = diverted.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let reply = match packet.kind {
+            PacketKind::Stun => handle_stun(&shared, &packet),
+            PacketKind::Tern(TernType::SealedControl) => handle_control(&shared, &packet),
+            PacketKind::Quic | PacketKind::Unknown => None,
+        };
+        if let Some(reply) = reply
+            && let Err(e) = shared.socket.send_raw(packet.from, &reply).await
+        {
+            tracing::debug!(to = %packet.from, error = %e, "control reply not sent");
+        }
+    }
+}
+
+fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
+    if let Some((id, mapped)) = stun::parse_binding_response(&packet.data) {
+        if let Some(waiter) = shared.state().stun.remove(&id) {
+            let _ = waiter.send(mapped);
+        }
+        return None;
+    }
+    stun::answer_binding_request(&packet.data, packet.from)
+}
+
+fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
+    let (from, _) = peek_addresses(&packet.data).ok()?;
+    let mut state = shared.state();
+    let peer = state.peers.get_mut(&from)?;
+    let keys = peer.keys.clone();
+    let message = match keys.open(&packet.data, &mut peer.replay) {
+        Ok(message) => message,
+        Err(e) => {
+            tracing::debug!(%from, error = %e, "control packet refused");
+            return None;
+        }
+    };
+    match message {
+        ControlMessage::Ping { txid } => {
+            let counter = shared.control_counter.lock().expect("counter lock").advance();
+            Some(keys.seal(
+                counter,
+                &ControlMessage::Pong {
+                    txid,
+                    observed: packet.from,
+                },
+            ))
+        }
+        ControlMessage::Pong { txid, observed } => {
+            if let Some(waiter) = state.pings.remove(&txid) {
+                let _ = waiter.send(observed);
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! quinn sees one stable, synthetic address per remote path; this table says where packets to
+//! that address really go. Switching a route (direct ↔ relay, a NAT rebinding) is then one
+//! table update, invisible to the QUIC connection.
+//!
+//! Synthetic addresses live in the ULA prefix fd74:6572:6e00::/48 ("tern"), which never leaves
+//! this process. A datagram from an unknown source gets an *unpinned* synthetic address; once
+//! a connection on it is verified it is pinned. Unpinned entries are capped, oldest evicted,
+//! so a flood of spoofed sources cannot grow the table without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
+const SYNTHETIC_PREFIX: [u16; 3] = [0xfd74, 0x6572, 0x6e00];
+const SYNTHETIC_PORT: u16 = 7;
+pub const MAX_UNPINNED: usize = 4096;
+
+#[derive(Debug)]
+struct Route {
+    real: SocketAddr,
+    /// Verified connections using this path; at 0 the entry may be evicted.
+    pins: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct PathTable {
+    next_id: u64,
+    routes: HashMap<SocketAddr, Route>,
+    by_real: HashMap<SocketAddr, SocketAddr>,
+    unpinned: VecDeque<SocketAddr>,
+}
+
+/// `::ffff:a.b.c.d` and `a.b.c.d` are one path.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+pub fn is_synthetic(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[..3] == SYNTHETIC_PREFIX)
+}
+
+impl PathTable {
+    /// The synthetic address for packets from (or a dial to) `real`, made if new.
+    pub fn synthetic_for(&mut self, real: SocketAddr) -> SocketAddr {
+        let real = canonical(real);
+        if let Some(synthetic) = self.by_real.get(&real) {
+            return *synthetic;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        let [p0, p1, p2] = SYNTHETIC_PREFIX;
+        let ip = Ipv6Addr::new(
+            p0,
+            p1,
+            p2,
+            0,
+            (id >> 48) as u16,
+            (id >> 32) as u16,
+            (id >> 16) as u16,
+            id as u16,
+        );
+        let synthetic = SocketAddr::V6(SocketAddrV6::new(ip, SYNTHETIC_PORT, 0, 0));
+        self.routes.insert(synthetic, Route { real, pins: 0 });
+        self.by_real.insert(real, synthetic);
+        self.unpinned.push_back(synthetic);
+        self.evict_unpinned();
+        synthetic
+    }
+
+    /// Where packets for `synthetic` go now.
+    pub fn real_for(&self, synthetic: &SocketAddr) -> Option<SocketAddr> {
+        self.routes.get(synthetic).map(|r| r.real)
+    }
+
+    /// A verified connection uses this path: keep it until as many [`PathTable::unpin`]s.
+    pub fn pin(&mut self, synthetic: SocketAddr) {
+        if let Some(route) = self.routes.get_mut(&synthetic) {
+            route.pins += 1;
+        }
+    }
+
+    /// A connection on this path is gone; with none left the path may be evicted later.
+    pub fn unpin(&mut self, synthetic: SocketAddr) {
+        if let Some(route) = self.routes.get_mut(&synthetic) {
+            route.pins = route.pins.saturating_sub(1);
+            if route.pins == 0 {
+                self.unpinned.push_back(synthetic);
+                self.evict_unpinned();
+            }
+        }
+    }
+
+    fn remove(&mut self, synthetic: SocketAddr) {
+        if let Some(route) = self.routes.remove(&synthetic)
+            && self.by_real.get(&route.real) == Some(&synthetic)
+        {
+            self.by_real.remove(&route.real);
+        }
+    }
+
+    /// Send `synthetic`'s packets to `real` from now on; packets from `real` map back to it.
+    pub fn set_route(&mut self, synthetic: SocketAddr, real: SocketAddr) {
+        let real = canonical(real);
+        if let Some(route) = self.routes.get_mut(&synthetic) {
+            route.real = real;
+            if let Some(previous) = self.by_real.insert(real, synthetic)
+                && previous != synthetic
+                && self.routes.get(&previous).is_some_and(|r| r.pins == 0)
+            {
+                self.routes.remove(&previous);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Every path enters the queue when it becomes unpinned, so at most MAX_UNPINNED paths
+    /// are unpinned at once; entries pinned again meanwhile just fall out of it.
+    fn evict_unpinned(&mut self) {
+        while self.unpinned.len() > MAX_UNPINNED {
+            if let Some(oldest) = self.unpinned.pop_front()
+                && self.routes.get(&oldest).is_some_and(|r| r.pins == 0)
+            {
+                self.remove(oldest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn one_synthetic_address_per_path_and_routes_can_move() {
+        let mut t = PathTable::default();
+        let s = t.synthetic_for(real(1));
+        assert!(is_synthetic(&s));
+        assert_eq!(t.synthetic_for(real(1)), s);
+        assert_eq!(
+            t.synthetic_for("[::ffff:192.0.2.1]:1".parse().unwrap()),
+            s,
+            "v4-mapped is the same path"
+        );
+        assert_ne!(t.synthetic_for(real(2)), s);
+        t.pin(s);
+        t.set_route(s, real(3));
+        assert_eq!(t.real_for(&s), Some(real(3)));
+        assert_eq!(t.synthetic_for(real(3)), s);
+        t.unpin(s);
+        assert_eq!(
+            t.real_for(&s),
+            Some(real(3)),
+            "unpinned paths stay until evicted"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_sources_evicts_unpinned_paths_only() {
+        let mut t = PathTable::default();
+        let kept = t.synthetic_for(real(1));
+        t.pin(kept);
+        for port in 2..(MAX_UNPINNED as u16 * 3) {
+            t.synthetic_for(real(port));
+        }
+        assert!(t.len() <= MAX_UNPINNED + 1);
+        assert_eq!(t.real_for(&kept), Some(real(1)));
+    }
+}
