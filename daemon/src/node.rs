@@ -69,7 +69,8 @@ impl Default for TransportConfig {
 }
 
 impl TransportConfig {
-    fn quic(&self) -> quinn::TransportConfig {
+    /// The QUIC transport settings a node uses (benchmarks match them for plain quinn).
+    pub fn quic(&self) -> quinn::TransportConfig {
         let mut quic = quinn::TransportConfig::default();
         quic.keep_alive_interval(Some(self.keep_alive));
         quic.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
@@ -557,7 +558,11 @@ impl Node {
             let txid = state.next_txid;
             let (tx, rx) = oneshot::channel();
             state.pings.insert(txid, tx);
-            let counter = shared.control_counter.lock().expect("counter lock").advance();
+            let counter = shared
+                .control_counter
+                .lock()
+                .expect("counter lock")
+                .advance();
             (
                 keys.seal(counter, &ControlMessage::Ping { txid }),
                 to,
@@ -864,7 +869,11 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
     };
     match message {
         ControlMessage::Ping { txid } => {
-            let counter = shared.control_counter.lock().expect("counter lock").advance();
+            let counter = shared
+                .control_counter
+                .lock()
+                .expect("counter lock")
+                .advance();
             Some(keys.seal(
                 counter,
                 &ControlMessage::Pong {

@@ -224,7 +224,7 @@ pub struct BufferSizes {
 
 /// Linux's default 208 KiB receive buffer drops packets under quinn at loopback speed; ask for
 /// `bytes` (past rmem_max with CAP_NET_ADMIN via the FORCE options) and report what we got.
-fn set_buffer_sizes(socket: &std::net::UdpSocket, bytes: usize) -> BufferSizes {
+pub fn set_buffer_sizes(socket: &std::net::UdpSocket, bytes: usize) -> BufferSizes {
     let fd = socket.as_raw_fd();
     let value = bytes.min(i32::MAX as usize) as libc::c_int;
     let set = |forced: libc::c_int, plain: libc::c_int| {
