@@ -1,1 +1,210 @@
+//! tern-ctl: the client library agents link to talk to their local `ternd`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tern_ctl::ClientError> {
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! let client = tern_ctl::Client::for_home(None)?;
+//! println!("this node is {}", client.status().await?["address"]);
+//! let mut stream = client.dial("a1b2:c3d4:e5f6", 8000).await?;
+//! stream.write_all(b"hello\n").await?;
+//! stream.shutdown().await?; // half-close: the peer sees end of stream
+//! let mut reply = String::new();
+//! stream.read_to_string(&mut reply).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Streams are plain `tokio::net::UnixStream`s spliced by the daemon to the overlay stream,
+//! so they work with anything that takes `AsyncRead + AsyncWrite`.
 
+use std::path::PathBuf;
+
+use serde_json::Value;
+use tern_daemon::api::{FrameIoError, read_frame, write_frame};
+use tern_daemon::home::{Home, HomeError};
+use tern_proto::Address;
+use tern_proto::api::{ApiError, Request, Response};
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error("no ternd answers on {}: {source}", .socket.display())]
+    NoDaemon {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.message)]
+    Api(ApiError),
+    #[error(transparent)]
+    Frame(#[from] FrameIoError),
+    #[error("the daemon closed the connection without answering")]
+    NoAnswer,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// A stable code for `--json` output.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Home(_) => "no_home",
+            Self::NoDaemon { .. } => "no_daemon",
+            Self::Api(e) => &e.code,
+            Self::Frame(_) | Self::NoAnswer | Self::Io(_) => "daemon_io",
+        }
+    }
+
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Self::NoDaemon { socket, .. } => Some(format!(
+                "start the node with `ternd --home {}` (or set TERN_HOME)",
+                socket
+                    .parent()
+                    .map_or_else(|| ".".into(), |p| p.display().to_string())
+            )),
+            Self::Api(e) => e.hint.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// A handle on a local ternd; cheap to clone, one Unix connection per call or stream.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+/// A stream that arrived on a listened port.
+#[derive(Debug)]
+pub struct Incoming {
+    pub peer: Address,
+    pub remote_port: u16,
+    pub stream: UnixStream,
+}
+
+/// A claimed port: streams to it can be accepted while this lives.
+#[derive(Debug)]
+pub struct PortListener {
+    client: Client,
+    port: u16,
+    _claim: UnixStream,
+}
+
+impl Client {
+    /// The daemon of a home: `--home`, else `$TERN_HOME`, else `~/.local/share/tern`.
+    pub fn for_home(home: Option<PathBuf>) -> Result<Self, ClientError> {
+        Ok(Self {
+            socket: Home::resolve(home)?.socket_path(),
+        })
+    }
+
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    async fn open(&self) -> Result<UnixStream, ClientError> {
+        UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::NoDaemon {
+                socket: self.socket.clone(),
+                source,
+            })
+    }
+
+    /// Sends a request on `connection` and returns the answer's data.
+    async fn exchange(
+        connection: &mut UnixStream,
+        request: &Request,
+    ) -> Result<Value, ClientError> {
+        write_frame(connection, request).await?;
+        let response: Response = read_frame(connection).await?.ok_or(ClientError::NoAnswer)?;
+        match (response.ok, response.error) {
+            (true, _) => Ok(response.data),
+            (false, Some(error)) => Err(ClientError::Api(error)),
+            (false, None) => Err(ClientError::NoAnswer),
+        }
+    }
+
+    async fn call(&self, request: Request) -> Result<Value, ClientError> {
+        Self::exchange(&mut self.open().await?, &request).await
+    }
+
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        self.call(Request::Status).await
+    }
+
+    pub async fn peers(&self) -> Result<Value, ClientError> {
+        self.call(Request::Peers).await
+    }
+
+    pub async fn ping(&self, target: &str) -> Result<Value, ClientError> {
+        self.call(Request::Ping {
+            target: target.into(),
+        })
+        .await
+    }
+
+    pub async fn trust_add(&self, address: &str) -> Result<Value, ClientError> {
+        self.call(Request::TrustAdd {
+            address: address.into(),
+        })
+        .await
+    }
+
+    pub async fn trust_remove(&self, address: &str) -> Result<Value, ClientError> {
+        self.call(Request::TrustRemove {
+            address: address.into(),
+        })
+        .await
+    }
+
+    pub async fn trust_list(&self) -> Result<Value, ClientError> {
+        self.call(Request::TrustList).await
+    }
+
+    /// Opens a stream to `port` on `target`; bytes written reach the remote listener.
+    pub async fn dial(&self, target: &str, port: u16) -> Result<UnixStream, ClientError> {
+        let mut connection = self.open().await?;
+        let request = Request::Dial {
+            target: target.into(),
+            port,
+        };
+        Self::exchange(&mut connection, &request).await?;
+        Ok(connection)
+    }
+
+    /// Claims `port`; `open` admits peers that are not on the trust list.
+    pub async fn listen(&self, port: u16, open: bool) -> Result<PortListener, ClientError> {
+        let mut claim = self.open().await?;
+        Self::exchange(&mut claim, &Request::Listen { port, open }).await?;
+        Ok(PortListener {
+            client: self.clone(),
+            port,
+            _claim: claim,
+        })
+    }
+}
+
+impl PortListener {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The next stream to the port (several `accept`s may wait at once).
+    pub async fn accept(&self) -> Result<Incoming, ClientError> {
+        let mut connection = self.client.open().await?;
+        let data = Client::exchange(&mut connection, &Request::Accept { port: self.port }).await?;
+        let peer = data["peer"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or(ClientError::NoAnswer)?;
+        let remote_port = data["remote_port"].as_u64().unwrap_or(0) as u16;
+        Ok(Incoming {
+            peer,
+            remote_port,
+            stream: connection,
+        })
+    }
+}

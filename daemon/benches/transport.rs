@@ -39,7 +39,7 @@ async fn fill(mut send: quinn::SendStream, bytes: u64) {
 
 /// Sends `total` bytes split over `streams` tern streams from a to b.
 async fn tern_throughput(a: &Node, b: &Node, total: u64, streams: u64, port: u16) -> Duration {
-    let mut listener = b.listen(port).expect("listen");
+    let mut listener = b.listen(port, tern_daemon::Access::Open).expect("listen");
     let receiver = tokio::spawn(async move {
         let mut sinks = Vec::new();
         for _ in 0..streams {
@@ -159,7 +159,7 @@ async fn handshakes(
             let connecting = endpoint
                 .connect_with(client, target, "tern")
                 .expect("connect");
-            let verified = finish_dial(connecting, &me, peer)
+            let verified = finish_dial(connecting, &me, Some(peer))
                 .await
                 .expect("tern handshake");
             let took = began.elapsed();

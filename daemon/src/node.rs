@@ -257,9 +257,19 @@ impl Drop for Listener {
     }
 }
 
+/// Who may open streams to (and send datagrams to) a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any verified peer.
+    Open,
+    /// Only peers on the node's trust list.
+    Trusted,
+}
+
 struct PortSenders {
     streams: mpsc::Sender<OverlayStream>,
     datagrams: mpsc::Sender<Datagram>,
+    access: Access,
 }
 
 struct Peer {
@@ -273,6 +283,7 @@ struct Peer {
 struct State {
     peers: HashMap<Address, Peer>,
     ports: HashMap<u16, PortSenders>,
+    trusted: std::collections::HashSet<Address>,
     pings: HashMap<u64, oneshot::Sender<SocketAddr>>,
     stun: HashMap<stun::TransactionId, oneshot::Sender<SocketAddr>>,
     next_ephemeral_port: u16,
@@ -286,6 +297,20 @@ impl State {
         let span = EPHEMERAL_PORTS.end() - EPHEMERAL_PORTS.start() + 1;
         self.next_ephemeral_port = (self.next_ephemeral_port + 1) % span;
         EPHEMERAL_PORTS.start() + self.next_ephemeral_port
+    }
+
+    /// The port's queue if `peer` may use it, else why not.
+    fn admit<T>(
+        &self,
+        port: u16,
+        peer: Address,
+        queue: impl Fn(&PortSenders) -> &mpsc::Sender<T>,
+    ) -> Result<mpsc::Sender<T>, StreamStatus> {
+        let entry = self.ports.get(&port).ok_or(StreamStatus::NoListener)?;
+        if entry.access == Access::Trusted && !self.trusted.contains(&peer) {
+            return Err(StreamStatus::NotTrusted);
+        }
+        Ok(queue(entry).clone())
     }
 
     fn live_connection(&self, peer: Address) -> Option<quinn::Connection> {
@@ -382,6 +407,10 @@ impl Node {
         self.shared.identity.address()
     }
 
+    pub(crate) fn secret_identity(&self) -> &SecretIdentity {
+        &self.shared.identity
+    }
+
     pub fn identity(&self) -> &PublicIdentity {
         self.shared.identity.public()
     }
@@ -424,6 +453,18 @@ impl Node {
         if shared.state().live_connection(peer).is_some() {
             return Ok(());
         }
+        self.dial(Some(peer), at).await.map(|_| ())
+    }
+
+    /// Connects to whichever node answers at `at` (a rendezvous known only by its UDP
+    /// address) and returns its verified address.
+    pub async fn connect_any(&self, at: SocketAddr) -> Result<Address, DialError> {
+        self.dial(None, at).await
+    }
+
+    async fn dial(&self, expected: Option<Address>, at: SocketAddr) -> Result<Address, DialError> {
+        let shared = &self.shared;
+        let peer = expected.unwrap_or(Address::from_bytes([0; 6]));
         let synthetic = shared.socket.paths().synthetic_for(at);
         let connecting = shared
             .endpoint
@@ -436,13 +477,30 @@ impl Node {
         let timeout = shared.config.dial_timeout;
         let verified = tokio::time::timeout(
             timeout,
-            handshake::finish_dial(connecting, &shared.identity, peer),
+            handshake::finish_dial(connecting, &shared.identity, expected),
         )
         .await
         .map_err(|_| DialError::Timeout { peer, at, timeout })?
         .map_err(|source| DialError::Handshake { peer, at, source })?;
+        let address = verified.peer.address();
         register(shared, verified);
-        Ok(())
+        Ok(address)
+    }
+
+    /// The real UDP address a connected peer is reached at now.
+    pub fn remote_of(&self, peer: Address) -> Option<SocketAddr> {
+        let synthetic = self.shared.state().live_connection(peer)?.remote_address();
+        self.shared.socket.paths().real_for(&synthetic)
+    }
+
+    /// Whether a verified connection to `peer` is up.
+    pub fn is_connected(&self, peer: Address) -> bool {
+        self.shared.state().live_connection(peer).is_some()
+    }
+
+    /// Replaces the set of peers allowed to reach [`Access::Trusted`] ports; applies at once.
+    pub fn set_trusted(&self, trusted: impl IntoIterator<Item = Address>) {
+        self.shared.state().trusted = trusted.into_iter().collect();
     }
 
     /// Opens a stream to `port` on a connected peer and waits for its answer.
@@ -490,7 +548,7 @@ impl Node {
     }
 
     /// Starts accepting streams and datagrams on a virtual port.
-    pub fn listen(&self, port: u16) -> Result<Listener, ListenError> {
+    pub fn listen(&self, port: u16, access: Access) -> Result<Listener, ListenError> {
         let mut state = self.shared.state();
         if state.ports.contains_key(&port) {
             return Err(ListenError::InUse(port));
@@ -502,6 +560,7 @@ impl Node {
             PortSenders {
                 streams: stream_tx,
                 datagrams: datagram_tx,
+                access,
             },
         );
         Ok(Listener {
@@ -768,14 +827,16 @@ async fn answer_stream(
             return refuse(send, recv, StreamStatus::BadPreamble).await;
         }
     };
-    let sender = shared
+    let admitted = shared
         .state()
-        .ports
-        .get(&preamble.destination_port)
-        .map(|p| p.streams.clone());
+        .admit(preamble.destination_port, peer, |p| &p.streams);
     drop(shared);
-    let Some(sender) = sender else {
-        return refuse(send, recv, StreamStatus::NoListener).await;
+    let sender = match admitted {
+        Ok(sender) => sender,
+        Err(status) => {
+            tracing::debug!(%peer, port = preamble.destination_port, ?status, "stream refused");
+            return refuse(send, recv, status).await;
+        }
     };
     let Ok(permit) = sender.try_reserve() else {
         return refuse(send, recv, StreamStatus::Busy).await;
@@ -814,8 +875,8 @@ async fn serve_datagrams(connection: quinn::Connection, peer: Address, shared: W
         let Ok((port, source_port, _)) = decode_datagram(&bytes) else {
             continue;
         };
-        let sender = shared.state().ports.get(&port).map(|p| p.datagrams.clone());
-        if let Some(sender) = sender {
+        let admitted = shared.state().admit(port, peer, |p| &p.datagrams);
+        if let Ok(sender) = admitted {
             // Datagrams are unreliable by contract: a full queue drops the newest.
             let _ = sender.try_send(Datagram {
                 from: peer,

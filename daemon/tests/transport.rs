@@ -7,7 +7,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tern_daemon::node::DialError;
 use tern_daemon::transport::handshake::HandshakeError;
-use tern_daemon::{Node, TransportConfig};
+use tern_daemon::{Access, Node, TransportConfig};
 use tern_proto::stream::StreamStatus;
 use tern_proto::{IdentityError, SecretIdentity};
 
@@ -57,7 +57,7 @@ async fn many_concurrent_streams_on_many_ports_carry_data_both_ways_byte_exact()
     // B answers each stream with the SHA-256 of what it got, then its own pattern, so both
     // directions carry distinct data.
     for port in 0..PORTS {
-        let mut listener = b.listen(1000 + port).unwrap();
+        let mut listener = b.listen(1000 + port, Access::Open).unwrap();
         tokio::spawn(async move {
             while let Some(mut stream) = listener.accept().await {
                 tokio::spawn(async move {
@@ -142,7 +142,7 @@ async fn a_key_that_does_not_derive_the_dialled_address_is_refused_naming_both()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stun_and_sealed_pings_share_the_socket_with_a_live_transfer() {
     let (a, b) = (node(0), node(1));
-    let mut listener = b.listen(9).unwrap();
+    let mut listener = b.listen(9, Access::Open).unwrap();
     let sink = tokio::spawn(async move {
         let mut stream = listener.accept().await.unwrap();
         sha(&stream.recv.read_to_end(64 << 20).await.unwrap())
@@ -180,8 +180,11 @@ async fn streams_to_unlistened_ports_are_refused_and_datagrams_arrive() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let mut listener = b.listen(53).unwrap();
-    assert!(b.listen(53).is_err(), "a port has one listener");
+    let mut listener = b.listen(53, Access::Open).unwrap();
+    assert!(
+        b.listen(53, Access::Open).is_err(),
+        "a port has one listener"
+    );
     for i in 0..20u8 {
         a.send_datagram(b.address(), 53, 5353, &[i; 100]).unwrap();
     }
@@ -194,13 +197,13 @@ async fn streams_to_unlistened_ports_are_refused_and_datagrams_arrive() {
     assert_eq!(first.payload.len(), 100);
     // Dropping the listener frees the port.
     drop(listener);
-    b.listen(53).unwrap();
+    b.listen(53, Access::Open).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_of_every_kind_leaves_a_live_connection_working() {
     let (a, b) = (node(0), node(1));
-    let mut listener = b.listen(7).unwrap();
+    let mut listener = b.listen(7, Access::Open).unwrap();
     tokio::spawn(async move {
         while let Some(mut s) = listener.accept().await {
             tokio::spawn(async move {
@@ -252,7 +255,7 @@ async fn garbage_of_every_kind_leaves_a_live_connection_working() {
 async fn simultaneous_dials_and_many_dialers_all_end_connected() {
     let hub = node(0);
     let spokes: Vec<Node> = (1..4).map(node).collect();
-    let mut listener = hub.listen(1).unwrap();
+    let mut listener = hub.listen(1, Access::Open).unwrap();
     tokio::spawn(async move { while listener.accept().await.is_some() {} });
     // Each spoke dials the hub while the hub dials it back at the same moment.
     let mut tasks = Vec::new();

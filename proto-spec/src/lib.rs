@@ -5,9 +5,12 @@
 //! No I/O and no clock lives here: callers hand in bytes (and, where it matters, the time).
 
 pub mod address;
+pub mod api;
 pub mod control;
 pub mod identity;
 pub mod packet;
+pub mod record;
+pub mod rendezvous;
 pub mod stream;
 pub mod wire;
 

@@ -1,6 +1,11 @@
-//! Helpers shared by the end-to-end tests in `tests/tests/`: they run the real binaries.
+//! Helpers shared by the end-to-end tests in `tests/tests/`: they run the real binaries, and
+//! every process a test starts is killed (by its pid) when its guard drops, on failure too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// Path of a workspace binary built for this test run (cargo builds them before the tests).
 pub fn binary(name: &str) -> PathBuf {
@@ -19,4 +24,121 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `ternd` with its own home in a temp dir.
+pub struct Daemon {
+    pub home: tempfile::TempDir,
+    pub address: String,
+    pub listen: String,
+    _process: Guard,
+}
+
+impl Daemon {
+    /// Starts `ternd --home H --listen 127.0.0.1:0 ARGS…` and waits until `ternctl status` answers.
+    pub fn start(args: &[&str]) -> Self {
+        let home = tempfile::tempdir().expect("temp home");
+        let log = std::fs::File::create(home.path().join("ternd.log")).expect("log file");
+        let child = Command::new(binary("ternd"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ternd");
+        let process = Guard(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ok, doc) = ternctl_json(home.path(), &["status"]);
+            if ok {
+                return Self {
+                    address: doc["data"]["address"].as_str().expect("address").into(),
+                    listen: doc["data"]["listen"].as_str().expect("listen").into(),
+                    home,
+                    _process: process,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ternd did not become ready: {doc}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn ternctl(&self, args: &[&str]) -> Output {
+        ternctl(self.home.path(), args)
+    }
+
+    pub fn ternctl_json(&self, args: &[&str]) -> (bool, Value) {
+        ternctl_json(self.home.path(), args)
+    }
+
+    /// Starts a long-running ternctl (listen, expose, forward) and waits for its `ready:` line.
+    pub fn serve(&self, args: &[&str]) -> Guard {
+        let mut child = Command::new(binary("ternctl"))
+            .arg("--home")
+            .arg(self.home.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ternctl");
+        let stderr = child.stderr.take().expect("stderr");
+        let guard = Guard(child);
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("ternctl stderr");
+        assert!(
+            line.starts_with("ready: "),
+            "ternctl {args:?} said {line:?}"
+        );
+        // Keep draining stderr so the child never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        guard
+    }
+
+    /// The daemon's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("ternd.log")).unwrap_or_default()
+    }
+}
+
+pub fn ternctl(home: &Path, args: &[&str]) -> Output {
+    Command::new(binary("ternctl"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ternctl")
+}
+
+pub fn ternctl_json(home: &Path, args: &[&str]) -> (bool, Value) {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = ternctl(home, &full);
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ternctl {args:?} printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), doc)
 }

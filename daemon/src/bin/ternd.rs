@@ -1,15 +1,22 @@
-//! `ternd`: the tern node daemon.
+//! `ternd`: the tern node daemon. Without a subcommand it runs the node in the foreground.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use tern_daemon::TransportConfig;
+use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig};
 use tern_daemon::home::Home;
 
 #[derive(Parser)]
 #[command(
     name = "ternd",
     version,
-    about = "The tern node daemon: a permanent address for an agent, reachable from anywhere"
+    about = "The tern node daemon: a permanent address for an agent, reachable from anywhere",
+    long_about = "Runs a tern node in the foreground until SIGINT/SIGTERM; logs go to stderr. \
+        The node is ready once `ternctl status` answers. Without --rendezvous the node is its \
+        own rendezvous, so a second node on the same host or LAN points --rendezvous at the first."
 )]
 struct Cli {
     /// The node's state directory (identity, trust list, local API socket).
@@ -17,7 +24,30 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args, Clone, Default)]
+struct RunArgs {
+    /// UDP address to listen on [default: 0.0.0.0:7440; port 0 picks any].
+    #[arg(long, value_name = "UDP_ADDR", env = "TERN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// A rendezvous server, HOST:PORT; repeat for several. Env: comma-separated list.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "TERN_RENDEZVOUS",
+        value_delimiter = ','
+    )]
+    rendezvous: Vec<String>,
+    /// TOML configuration file (keys: listen, rendezvous, log_format). Flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr: text or json. Levels via RUST_LOG (default info).
+    #[arg(long, value_name = "FORMAT", env = "TERN_LOG_FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -28,6 +58,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a rendezvous for other nodes: a node that registers with no upstream rendezvous.
+    Rendezvous {
+        /// UDP address to serve on.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    rendezvous: Vec<String>,
+    log_format: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,27 +89,116 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let home = Home::resolve(cli.home)?;
     match cli.command {
-        Command::Id { json } => {
-            let identity = home
-                .load_or_create_identity()
-                .with_context(|| format!("loading the identity of {}", home.dir().display()))?;
-            let public = identity.public();
-            if json {
-                let doc = serde_json::json!({
-                    "address": public.address(),
-                    "public_key": hex_key(public.key_bytes()),
-                    "work_nonce": public.nonce(),
-                });
-                println!("{doc}");
-            } else {
-                println!("address     {}", public.address());
-                println!("public_key  {}", hex_key(public.key_bytes()));
-            }
+        Some(Command::Id { json }) => print_id(&home, json),
+        Some(Command::Rendezvous { listen }) => {
+            let args = RunArgs {
+                listen: Some(listen),
+                ..cli.run
+            };
+            serve(home, args, true)
         }
+        None => serve(home, cli.run, false),
+    }
+}
+
+fn print_id(home: &Home, json: bool) -> Result<()> {
+    let identity = home
+        .load_or_create_identity()
+        .with_context(|| format!("loading the identity of {}", home.dir().display()))?;
+    let public = identity.public();
+    if json {
+        let doc = serde_json::json!({
+            "address": public.address(),
+            "public_key": hex::encode(public.key_bytes()),
+            "work_nonce": public.nonce(),
+        });
+        println!("{doc}");
+    } else {
+        println!("address     {}", public.address());
+        println!("public_key  {}", hex::encode(public.key_bytes()));
     }
     Ok(())
 }
 
-fn hex_key(key: [u8; 32]) -> String {
-    hex::encode(key)
+fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the config file {}", path.display()))?;
+            toml::from_str::<ConfigFile>(&text)
+                .with_context(|| format!("the config file {} is invalid", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let log_format = args
+        .log_format
+        .or(file.log_format)
+        .unwrap_or_else(|| "text".into());
+    init_logging(&log_format)?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+    let rendezvous = match (rendezvous_role, args.rendezvous.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => file.rendezvous,
+        (false, false) => args.rendezvous,
+    };
+    home.ensure_dir()?;
+    let config = DaemonConfig {
+        home: home.clone(),
+        listen,
+        rendezvous,
+        transport: TransportConfig::default(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let socket_path = home.socket_path();
+        let api = tern_daemon::api::bind(&socket_path)
+            .await
+            .with_context(|| format!("opening the local API socket {}", socket_path.display()))?;
+        let daemon = Daemon::start(config).context("starting the node")?;
+        let node = daemon.node().clone();
+        tracing::info!(
+            address = %node.address(),
+            listen = %node.local_addr(),
+            socket = %socket_path.display(),
+            "ternd ready"
+        );
+        let served = tokio::spawn(tern_daemon::api::serve(daemon.clone(), api));
+        wait_for_shutdown().await?;
+        tracing::info!("shutting down");
+        served.abort();
+        node.close().await;
+        let _ = std::fs::remove_file(&socket_path);
+        Ok(())
+    })
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("unknown log format {other:?}: use text or json"),
+    }
+    Ok(())
 }

@@ -50,14 +50,18 @@ pub struct Verified {
 }
 
 /// Client side: completes TLS, exchanges hellos, refuses a peer that is not `expected`.
+/// `None` accepts any valid identity (a rendezvous dialled by its UDP address: it is only
+/// trusted for records, which carry their own signatures).
 pub async fn finish_dial(
     connecting: quinn::Connecting,
     me: &SecretIdentity,
-    expected: Address,
+    expected: Option<Address>,
 ) -> Result<Verified, HandshakeError> {
     let connection = connecting.await?;
     let verified = exchange_hellos(connection, me).await?;
-    if let Err(e) = verified.peer.check_address(expected) {
+    if let Some(expected) = expected
+        && let Err(e) = verified.peer.check_address(expected)
+    {
         verified.connection.close(
             CLOSE_IDENTITY_REFUSED.into(),
             b"not the node that was dialled",

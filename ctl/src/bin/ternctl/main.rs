@@ -1,16 +1,32 @@
-//! `ternctl`: operate a local tern node. One module per command.
+//! `ternctl`: operate a local tern node. One module per command; shared plumbing here.
 
+mod connect;
+mod expose;
+mod forward;
 mod id;
+mod listen;
 mod output;
+mod ping;
+mod status;
+mod trust;
 
-use clap::{Parser, Subcommand};
-use output::{Failure, print_failure, print_success};
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use output::{Failure, Report, print_failure, print_success};
+use tern_ctl::{Client, ClientError};
 use tern_daemon::home::Home;
 
 #[derive(Parser)]
-#[command(name = "ternctl", version, about = "Operate a local tern node")]
+#[command(
+    name = "ternctl",
+    version,
+    about = "Operate a local tern node",
+    long_about = "Operate a local tern node through its daemon's local API (HOME/ternd.sock). \
+        TARGET is a node address (xxxx:xxxx:xxxx). Exit code 0 on success, 1 on failure, 2 on \
+        a usage error."
+)]
 struct Cli {
     /// The node's state directory. Default: $TERN_HOME, else ~/.local/share/tern.
     #[arg(long, global = true, value_name = "DIR")]
@@ -24,25 +40,115 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// This node's address and public key.
+    /// This node's address and public key (read from the home; no daemon needed).
     Id,
+    /// Whether the daemon runs, its address, endpoints and rendezvous registration.
+    Status,
+    /// Connected peers: path, remote endpoint, RTT, bytes, since when.
+    Peers,
+    /// Round-trip time to a peer over a sealed control packet.
+    Ping { target: String },
+    /// The trust list: who may open streams to this node's private ports.
+    Trust {
+        #[command(subcommand)]
+        command: trust::TrustCommand,
+    },
+    /// Pipe stdin/stdout over one stream to PORT on TARGET (like `nc -N`), or with --message
+    /// send one JSON-RPC message and print the reply whose id matches.
+    Connect(connect::ConnectArgs),
+    /// Send one JSON-RPC message and print the matching reply.
+    Send(connect::SendArgs),
+    /// Serve PORT: print what each incoming stream sends, one stream at a time.
+    Listen(listen::ListenArgs),
+    /// Serve PORT by connecting each incoming stream to a local TCP service.
+    Expose(expose::ExposeArgs),
+    /// Map a local TCP port to PORT on TARGET: one overlay stream per TCP connection.
+    Forward(forward::ForwardArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = Home::resolve(cli.home)
-        .map_err(|e| Failure::new("no_home", e.to_string()))
-        .and_then(|home| match cli.command {
-            Command::Id => id::run(&home),
-        });
+    let json = cli.json;
+    let outcome = run(cli);
     match outcome {
         Ok(report) => {
-            print_success(cli.json, &report);
+            print_success(json, &report);
             ExitCode::SUCCESS
         }
         Err(failure) => {
-            print_failure(cli.json, &failure);
+            print_failure(json, &failure);
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: Cli) -> Result<Report, Failure> {
+    if let Command::Id = cli.command {
+        let home = Home::resolve(cli.home).map_err(|e| Failure::new("no_home", e.to_string()))?;
+        return id::run(&home);
+    }
+    let client = Client::for_home(cli.home).map_err(failure)?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::new("runtime", format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Id => unreachable!("handled above"),
+            Command::Status => status::status(&client).await,
+            Command::Peers => status::peers(&client).await,
+            Command::Ping { target } => ping::run(&client, &target).await,
+            Command::Trust { command } => trust::run(&client, command).await,
+            Command::Connect(args) => connect::connect(&client, args).await,
+            Command::Send(args) => connect::send(&client, args).await,
+            Command::Listen(args) => listen::run(&client, args).await,
+            Command::Expose(args) => expose::run(&client, args).await,
+            Command::Forward(args) => forward::run(&client, args).await,
+        }
+    })
+}
+
+/// A client error as the user sees it.
+pub fn failure(e: ClientError) -> Failure {
+    let failure = Failure::new(e.code(), e.to_string());
+    match e.hint() {
+        Some(hint) => failure.hint(hint),
+        None => failure,
+    }
+}
+
+/// Checks a TARGET now, so a typo is a usage-level error before anything is sent.
+pub fn check_target(target: &str) -> Result<(), Failure> {
+    target
+        .parse::<tern_proto::Address>()
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::new("bad_address", e.to_string())
+                .hint("use the address `ternctl id` prints on the other node")
+        })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+/// Copies both ways until both directions ended; each side's EOF becomes the other's FIN.
+pub async fn splice(
+    a: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    b: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+) -> std::io::Result<()> {
+    tokio::io::copy_bidirectional_with_sizes(a, b, 64 * 1024, 64 * 1024)
+        .await
+        .map(|_| ())
 }

@@ -6,15 +6,15 @@ use serde_json::{Value, json};
 /// A failure as the user sees it: a stable code, what went wrong, and what to do about it.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
     pub hint: Option<String>,
 }
 
 impl Failure {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
-            code,
+            code: code.into(),
             message: message.into(),
             hint: None,
         }

@@ -1,0 +1,170 @@
+//! `ternctl connect` (a pipe, or one JSON-RPC exchange with --message) and `ternctl send`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use crate::output::{Failure, Report};
+use crate::{check_target, failure};
+use tern_ctl::Client;
+
+#[derive(Args)]
+pub struct ConnectArgs {
+    target: String,
+    port: u16,
+    /// Send this one JSON-RPC message, print the reply whose id matches, exit.
+    #[arg(long, value_name = "JSON")]
+    message: Option<String>,
+    /// Seconds to wait for the reply with --message.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    target: String,
+    port: u16,
+    /// The JSON-RPC message.
+    #[arg(
+        long,
+        value_name = "JSON",
+        conflicts_with = "file",
+        required_unless_present = "file"
+    )]
+    data: Option<String>,
+    /// A file holding the JSON-RPC message.
+    #[arg(long, value_name = "F")]
+    file: Option<PathBuf>,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+pub async fn connect(client: &Client, args: ConnectArgs) -> Result<Report, Failure> {
+    check_target(&args.target)?;
+    match args.message {
+        Some(message) => exchange(client, &args.target, args.port, &message, args.timeout).await,
+        None => pipe(client, &args.target, args.port).await,
+    }
+}
+
+pub async fn send(client: &Client, args: SendArgs) -> Result<Report, Failure> {
+    check_target(&args.target)?;
+    let message = match (args.data, args.file) {
+        (Some(data), _) => data,
+        (None, Some(file)) => std::fs::read_to_string(&file).map_err(|e| {
+            Failure::new("bad_file", format!("cannot read {}: {e}", file.display()))
+        })?,
+        (None, None) => unreachable!("clap requires --data or --file"),
+    };
+    exchange(client, &args.target, args.port, &message, args.timeout).await
+}
+
+/// stdin → stream (EOF half-closes it), stream → stdout until the remote side closes.
+async fn pipe(client: &Client, target: &str, port: u16) -> Result<Report, Failure> {
+    let stream = client.dial(target, port).await.map_err(failure)?;
+    let (mut from_peer, mut to_peer) = stream.into_split();
+    let upload = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let copied = tokio::io::copy(&mut stdin, &mut to_peer).await;
+        let _ = to_peer.shutdown().await;
+        copied
+    });
+    let mut stdout = tokio::io::stdout();
+    let received = tokio::io::copy(&mut from_peer, &mut stdout)
+        .await
+        .map_err(|e| {
+            Failure::new(
+                "stream_broken",
+                format!("the stream to {target} broke: {e}"),
+            )
+        })?;
+    stdout.flush().await.ok();
+    // The remote side has closed: stop reading stdin, as `nc -N` does.
+    let sent = if upload.is_finished() {
+        upload.await.ok().and_then(|r| r.ok()).unwrap_or(0)
+    } else {
+        upload.abort();
+        0
+    };
+    Ok(Report {
+        data: json!({ "bytes_sent": sent, "bytes_received": received }),
+        text: String::new(),
+    })
+}
+
+/// Sends one message, keeps the write side open until the reply with the same id arrives
+/// (skipping notifications and other replies), and returns that raw line.
+async fn exchange(
+    client: &Client,
+    target: &str,
+    port: u16,
+    message: &str,
+    timeout: u64,
+) -> Result<Report, Failure> {
+    let parsed: Value = serde_json::from_str(message).map_err(|e| {
+        Failure::new("bad_message", format!("the message is not valid JSON: {e}"))
+            .hint(r#"for example --message '{"jsonrpc":"2.0","id":1,"method":"ping"}'"#)
+    })?;
+    let id = parsed.get("id").cloned();
+    let mut stream = client.dial(target, port).await.map_err(failure)?;
+    let line = serde_json::to_string(&parsed).expect("a parsed value serialises");
+    // Send the bytes as given, one line; the compact form only if the input spans lines.
+    let wire = if message.contains('\n') {
+        line
+    } else {
+        message.to_string()
+    };
+    stream
+        .write_all(format!("{wire}\n").as_bytes())
+        .await
+        .map_err(|e| Failure::new("stream_broken", format!("sending to {target} failed: {e}")))?;
+    let Some(id) = id else {
+        // A notification has no reply.
+        stream.shutdown().await.ok();
+        return Ok(Report {
+            data: json!({ "sent": true }),
+            text: String::new(),
+        });
+    };
+    let wait = Duration::from_secs(timeout);
+    let reply = tokio::time::timeout(wait, async {
+        let mut lines = BufReader::new(&mut stream).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && value.get("id") == Some(&id)
+                && (value.get("result").is_some() || value.get("error").is_some())
+            {
+                return Ok(Some((line, value)));
+            }
+        }
+        Ok::<_, std::io::Error>(None)
+    })
+    .await
+    .map_err(|_| {
+        Failure::new(
+            "timeout",
+            format!("no reply with id {id} from {target} port {port} within {timeout} s"),
+        )
+        .hint("raise --timeout, or check that the service answers JSON-RPC lines")
+    })?
+    .map_err(|e| {
+        Failure::new(
+            "stream_broken",
+            format!("the stream to {target} broke: {e}"),
+        )
+    })?;
+    match reply {
+        Some((line, value)) => Ok(Report {
+            data: value,
+            text: line,
+        }),
+        None => Err(Failure::new(
+            "no_reply",
+            format!("{target} port {port} closed the stream before replying to id {id}"),
+        )),
+    }
+}

@@ -1,0 +1,61 @@
+//! `ternctl status` and `ternctl peers`.
+
+use crate::failure;
+use crate::output::{Failure, Report};
+use tern_ctl::Client;
+
+pub async fn status(client: &Client) -> Result<Report, Failure> {
+    let data = client.status().await.map_err(failure)?;
+    let registered = if data["registered"].as_bool() == Some(true) {
+        "yes"
+    } else {
+        "not yet"
+    };
+    let rendezvous = match &data["rendezvous"] {
+        serde_json::Value::String(s) => s.clone(),
+        servers => servers
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|s| s["server"].as_str().unwrap_or("?").to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+    };
+    let text = format!(
+        "address     {}\nlisten      {}\nendpoints   {}\nrendezvous  {rendezvous} (registered: {registered})\npeers       {}",
+        data["address"].as_str().unwrap_or("?"),
+        data["listen"].as_str().unwrap_or("?"),
+        data["endpoints"]
+            .as_array()
+            .map(|e| e
+                .iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" "))
+            .unwrap_or_default(),
+        data["peers"],
+    );
+    Ok(Report { data, text })
+}
+
+pub async fn peers(client: &Client) -> Result<Report, Failure> {
+    let data = client.peers().await.map_err(failure)?;
+    let mut text = String::from(
+        "ADDRESS         PATH    REMOTE                 RTT(ms)  SENT       RECEIVED   SINCE\n",
+    );
+    for p in data["peers"].as_array().into_iter().flatten() {
+        text.push_str(&format!(
+            "{:<15} {:<7} {:<22} {:>7.2}  {:<10} {:<10} {}\n",
+            p["address"].as_str().unwrap_or("?"),
+            p["path"].as_str().unwrap_or("?"),
+            p["remote"].as_str().unwrap_or("?"),
+            p["rtt_ms"].as_f64().unwrap_or(0.0),
+            p["bytes_sent"],
+            p["bytes_received"],
+            p["since"],
+        ));
+    }
+    Ok(Report { data, text })
+}

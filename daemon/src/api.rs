@@ -1,0 +1,256 @@
+//! The local API server: `HOME/ternd.sock`, mode 0600, and only clients running as this
+//! daemon's user (or root) are served. Frames are specified in `tern_proto::api`; a `dial` or
+//! `accept` turns its connection into the overlay stream, spliced without framing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tern_proto::Address;
+use tern_proto::api::{self, Request, Response};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::node::{DialError, OverlayStream};
+
+/// A client must send its request within this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const SPLICE_BUFFER: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameIoError {
+    #[error("local API connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad local API frame: {0}")]
+    Frame(#[from] api::FrameError),
+}
+
+/// Reads one frame; `None` on a clean end of stream before it.
+pub async fn read_frame<T: serde::de::DeserializeOwned>(
+    reader: &mut (impl AsyncRead + Unpin),
+) -> Result<Option<T>, FrameIoError> {
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut body = vec![0u8; api::body_len(header)?];
+    reader.read_exact(&mut body).await?;
+    Ok(Some(api::decode(&body)?))
+}
+
+pub async fn write_frame<T: serde::Serialize>(
+    writer: &mut (impl AsyncWrite + Unpin),
+    message: &T,
+) -> Result<(), FrameIoError> {
+    writer.write_all(&api::encode(message)?).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Binds the socket, refusing to take it from a daemon that still answers on it.
+pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "a ternd already serves {}; stop it first or use another --home",
+                    path.display()
+                ),
+            ));
+        }
+        // Left by a daemon that did not shut down cleanly.
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|cred| cred.uid() == own_uid || cred.uid() == 0);
+        if !allowed {
+            tracing::warn!("local API client of another user refused");
+            continue;
+        }
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_client(&daemon, stream).await {
+                tracing::debug!(error = %e, "local API client ended");
+            }
+        });
+    }
+}
+
+fn failure_of(e: &DaemonError) -> Response {
+    let (code, hint) = match e {
+        DaemonError::NotFound(_) => (
+            "not_found",
+            Some(
+                "check the address, and that both nodes use the same rendezvous (ternd --rendezvous)",
+            ),
+        ),
+        DaemonError::Dial(DialError::Refused { .. }) => (
+            "refused",
+            Some(
+                "the remote operator can run `ternctl trust add <this node's address>`, or expose the port with --open",
+            ),
+        ),
+        DaemonError::Unreachable { .. } | DaemonError::Dial(_) | DaemonError::Probe(_) => (
+            "unreachable",
+            Some(
+                "check that the remote ternd runs; `ternctl status` shows this node's registration",
+            ),
+        ),
+        DaemonError::ReservedPort(_) | DaemonError::PortInUse(_) | DaemonError::NotListening(_) => {
+            ("bad_port", None)
+        }
+        _ => ("internal", None),
+    };
+    Response::failure(code, e.to_string(), hint.map(String::from))
+}
+
+fn parse_address(text: &str) -> Result<Address, Response> {
+    text.parse::<Address>().map_err(|e| {
+        Response::failure(
+            "bad_address",
+            e.to_string(),
+            Some("names are not supported yet; use the node's address from `ternctl id`".into()),
+        )
+    })
+}
+
+async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), FrameIoError> {
+    loop {
+        let request =
+            match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut client)).await {
+                Err(_) | Ok(Ok(None)) => return Ok(()),
+                Ok(Err(FrameIoError::Frame(e))) => {
+                    let response = Response::failure("bad_request", e.to_string(), None);
+                    return write_frame(&mut client, &response).await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Some(request))) => request,
+            };
+        match request {
+            Request::Status => {
+                write_frame(&mut client, &Response::success(daemon.status())).await?
+            }
+            Request::Peers => {
+                let peers = json!({ "peers": daemon.node().peers() });
+                write_frame(&mut client, &Response::success(peers)).await?
+            }
+            Request::Ping { target } => {
+                let response = match parse_address(&target) {
+                    Err(response) => response,
+                    Ok(peer) => match daemon.ping(peer).await {
+                        Ok(rtt) => Response::success(json!({
+                            "address": peer,
+                            "rtt_ms": rtt.as_secs_f64() * 1000.0,
+                        })),
+                        Err(e) => failure_of(&e),
+                    },
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::TrustAdd { address } | Request::TrustRemove { address }
+                if address.parse::<Address>().is_err() =>
+            {
+                write_frame(&mut client, &parse_address(&address).unwrap_err()).await?
+            }
+            Request::TrustAdd { address } => {
+                let peer = parse_address(&address).expect("checked above");
+                let response = match daemon.trust_add(peer) {
+                    Ok(added) => Response::success(json!({ "address": peer, "changed": added })),
+                    Err(e) => failure_of(&e),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::TrustRemove { address } => {
+                let peer = parse_address(&address).expect("checked above");
+                let response = match daemon.trust_remove(peer) {
+                    Ok(removed) => {
+                        Response::success(json!({ "address": peer, "changed": removed }))
+                    }
+                    Err(e) => failure_of(&e),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::TrustList => {
+                let trusted = json!({ "trusted": daemon.trust_list() });
+                write_frame(&mut client, &Response::success(trusted)).await?
+            }
+            Request::Listen { port, open } => {
+                if let Err(e) = daemon.listen(port, open) {
+                    write_frame(&mut client, &failure_of(&e)).await?;
+                    continue;
+                }
+                write_frame(
+                    &mut client,
+                    &Response::success(json!({ "port": port, "open": open })),
+                )
+                .await?;
+                // The port is held while this connection lives.
+                let mut sink = [0u8; 64];
+                while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                daemon.unlisten(port);
+                return Ok(());
+            }
+            Request::Dial { target, port } => {
+                let peer = match parse_address(&target) {
+                    Ok(peer) => peer,
+                    Err(response) => {
+                        write_frame(&mut client, &response).await?;
+                        continue;
+                    }
+                };
+                match daemon.dial(peer, port).await {
+                    Ok(stream) => {
+                        let opened =
+                            json!({ "peer": peer, "port": port, "local_port": stream.local_port });
+                        write_frame(&mut client, &Response::success(opened)).await?;
+                        return splice(client, stream).await;
+                    }
+                    Err(e) => write_frame(&mut client, &failure_of(&e)).await?,
+                }
+            }
+            Request::Accept { port } => match daemon.accept(port).await {
+                Ok(Some(stream)) => {
+                    let accepted = json!({ "peer": stream.peer, "port": port, "remote_port": stream.remote_port });
+                    write_frame(&mut client, &Response::success(accepted)).await?;
+                    return splice(client, stream).await;
+                }
+                Ok(None) => {
+                    let e = DaemonError::NotListening(port);
+                    write_frame(&mut client, &failure_of(&e)).await?
+                }
+                Err(e) => write_frame(&mut client, &failure_of(&e)).await?,
+            },
+        }
+    }
+}
+
+/// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
+async fn splice(mut client: UnixStream, mut stream: OverlayStream) -> Result<(), FrameIoError> {
+    tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut stream,
+        SPLICE_BUFFER,
+        SPLICE_BUFFER,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Finding peers. Every ternd serves as a rendezvous on virtual port 1: it keeps the signed
+//! records nodes register with it and answers lookups. A node registers its own record with
+//! each configured rendezvous (or, with none, only with itself) and refreshes it.
+//!
+//! Records are signed by their owner and checked by every reader, so a rendezvous can lose or
+//! withhold a record but never substitute a key or endpoint. STUN on the shared socket, hole
+//! punching and relaying arrive with NAT traversal (issue 4).
+
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tern_proto::Address;
+use tern_proto::record::Record;
+use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_PORT, Request};
+
+use crate::node::{Access, DialError, Node, OverlayStream};
+pub use registry::Registry;
+
+/// How long a record is valid; owners refresh well before.
+pub const RECORD_LIFETIME: Duration = Duration::from_secs(300);
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousError {
+    #[error("cannot reach the rendezvous: {0}")]
+    Dial(#[from] DialError),
+    #[error("the rendezvous exchange failed: {0}")]
+    Stream(String),
+    #[error("the rendezvous did not answer within {EXCHANGE_TIMEOUT:?}")]
+    Timeout,
+    #[error("the rendezvous sent a bad answer: {0}")]
+    BadAnswer(#[from] MessageError),
+    #[error("the rendezvous refused: {0}")]
+    Refused(String),
+    #[error("the rendezvous answered {0:?} to a {1} request")]
+    Unexpected(Box<Answer>, &'static str),
+}
+
+/// Serves rendezvous requests on port 1 until the node shuts down.
+pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>) {
+    let mut listener = match node.listen(RENDEZVOUS_PORT, Access::Open) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve as a rendezvous");
+            return;
+        }
+    };
+    while let Some(stream) = listener.accept().await {
+        let (node, registry) = (node.clone(), registry.clone());
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, &node, &registry).await {
+                tracing::debug!(error = %e, "rendezvous request failed");
+            }
+        });
+    }
+}
+
+async fn answer(
+    mut stream: OverlayStream,
+    node: &Node,
+    registry: &Mutex<Registry>,
+) -> Result<(), RendezvousError> {
+    let peer = stream.peer;
+    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.recv.read_to_end(MAX_MESSAGE_LEN))
+        .await
+        .map_err(|_| RendezvousError::Timeout)?
+        .map_err(|e| RendezvousError::Stream(e.to_string()))?;
+    let answer = match Request::decode(&bytes) {
+        Err(e) => Answer::Refused(e.to_string()),
+        Ok(Request::Lookup(address)) => {
+            let registry = registry.lock().expect("registry lock");
+            registry
+                .lookup(unix_now(), address)
+                .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
+        }
+        Ok(Request::Register(record)) => {
+            let outcome = registry
+                .lock()
+                .expect("registry lock")
+                .register(unix_now(), *record);
+            match (outcome, node.remote_of(peer)) {
+                (Ok(()), Some(observed)) => Answer::Registered { observed },
+                (Ok(()), None) => Answer::Refused("the connection went away".into()),
+                (Err(e), _) => Answer::Refused(e.to_string()),
+            }
+        }
+    };
+    stream
+        .send
+        .write_all(&answer.encode())
+        .await
+        .map_err(|e| RendezvousError::Stream(e.to_string()))?;
+    let _ = stream.send.finish();
+    let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.send.stopped()).await;
+    Ok(())
+}
+
+/// One request to a connected rendezvous, one answer.
+pub async fn ask(
+    node: &Node,
+    server: Address,
+    request: &Request,
+) -> Result<Answer, RendezvousError> {
+    let exchange = async {
+        let mut stream = node.open_stream(server, RENDEZVOUS_PORT).await?;
+        let stream_err = |e: &dyn std::fmt::Display| RendezvousError::Stream(e.to_string());
+        stream
+            .send
+            .write_all(&request.encode())
+            .await
+            .map_err(|e| stream_err(&e))?;
+        stream.send.finish().map_err(|e| stream_err(&e))?;
+        let bytes = stream
+            .recv
+            .read_to_end(MAX_MESSAGE_LEN)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        Ok(Answer::decode(&bytes)?)
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| RendezvousError::Timeout)?
+}
+
+/// Registers `record` and returns the address the rendezvous sees this node at.
+pub async fn register(
+    node: &Node,
+    server: Address,
+    record: Record,
+) -> Result<SocketAddr, RendezvousError> {
+    match ask(node, server, &Request::Register(Box::new(record))).await? {
+        Answer::Registered { observed } => Ok(observed),
+        Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
+        other => Err(RendezvousError::Unexpected(Box::new(other), "register")),
+    }
+}
+
+/// Looks `address` up; the record is verified by decoding and must be for that address.
+pub async fn lookup(
+    node: &Node,
+    server: Address,
+    address: Address,
+) -> Result<Option<Record>, RendezvousError> {
+    match ask(node, server, &Request::Lookup(address)).await? {
+        Answer::Found(record) if record.address() == address && record.is_live(unix_now()) => {
+            Ok(Some(*record))
+        }
+        Answer::Found(_) => Err(RendezvousError::Refused(format!(
+            "answered a lookup for {address} with another node's or an expired record"
+        ))),
+        Answer::NotFound => Ok(None),
+        Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
+        other => Err(RendezvousError::Unexpected(Box::new(other), "lookup")),
+    }
+}

@@ -1,0 +1,140 @@
+//! The local API between `ternd` and its clients, over the Unix socket `HOME/ternd.sock`.
+//!
+//! Each message is a frame: length u32 (big-endian, at most [`MAX_FRAME`]) then that many
+//! bytes of UTF-8 JSON. A client sends one [`Request`] and reads one [`Response`]. After a
+//! successful `dial` or `accept` the same connection carries the overlay stream's raw bytes
+//! in both directions (no more frames); closing the write side half-closes the stream.
+
+use serde::{Deserialize, Serialize};
+
+pub const MAX_FRAME: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Node address, listen address, rendezvous registration.
+    Status,
+    /// Connected peers and their paths.
+    Peers,
+    /// Open a stream to `port` on `target` (an address); the connection becomes the stream.
+    Dial {
+        target: String,
+        port: u16,
+    },
+    /// Claim `port` for as long as this connection stays open; `open` admits untrusted peers.
+    Listen {
+        port: u16,
+        open: bool,
+    },
+    /// Wait for the next stream on a port this client listens on; the connection becomes it.
+    Accept {
+        port: u16,
+    },
+    /// Round trip to a peer over a sealed control packet.
+    Ping {
+        target: String,
+    },
+    TrustAdd {
+        address: String,
+    },
+    TrustRemove {
+        address: String,
+    },
+    TrustList,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// Stable, machine-readable: `bad_request`, `bad_address`, `unreachable`, `refused`, …
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl Response {
+    pub fn success(data: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            data,
+            error: None,
+        }
+    }
+
+    pub fn failure(code: &str, message: impl Into<String>, hint: Option<String>) -> Self {
+        Self {
+            ok: false,
+            data: serde_json::Value::Null,
+            error: Some(ApiError {
+                code: code.into(),
+                message: message.into(),
+                hint,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("frame is not valid JSON for this message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// A frame's bytes: length prefix and JSON.
+pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let json = serde_json::to_vec(message)?;
+    if json.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(json.len()));
+    }
+    let mut out = (json.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// The body length announced by a frame header, if allowed.
+pub fn body_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_in_their_documented_json() {
+        let dial = Request::Dial {
+            target: "a1b2:c3d4:e5f6".into(),
+            port: 7,
+        };
+        let frame = encode(&dial).unwrap();
+        assert_eq!(
+            &frame[4..],
+            br#"{"op":"dial","target":"a1b2:c3d4:e5f6","port":7}"#
+        );
+        assert_eq!(
+            body_len(frame[..4].try_into().unwrap()).unwrap(),
+            frame.len() - 4
+        );
+        assert_eq!(decode::<Request>(&frame[4..]).unwrap(), dial);
+        assert!(body_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        assert!(decode::<Request>(br#"{"op":"format_disk"}"#).is_err());
+    }
+}

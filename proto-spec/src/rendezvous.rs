@@ -1,0 +1,189 @@
+//! Rendezvous requests and answers. Each exchange is one overlay stream to virtual port
+//! [`RENDEZVOUS_PORT`]: the asker writes one request and finishes; the server writes one
+//! answer and finishes.
+//!
+//! ```text
+//! request: 0x01 Register | record length u16 | record        (record: crate::record)
+//!          0x02 Lookup   | address (6)
+//! answer:  0x00 Registered | observed socket address (the asker's address as seen by the server)
+//!          0x01 Found      | record length u16 | record
+//!          0x02 NotFound
+//!          0x03 Refused    | reason length u16 | reason (UTF-8)
+//! ```
+
+use crate::address::Address;
+use crate::record::{MAX_RECORD_LEN, Record, RecordError};
+use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
+use std::net::SocketAddr;
+
+pub const RENDEZVOUS_PORT: u16 = 1;
+/// No request or answer is longer than this.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Register(Box<Record>),
+    Lookup(Address),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Registered { observed: SocketAddr },
+    Found(Box<Record>),
+    NotFound,
+    Refused(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("malformed rendezvous message: {0}")]
+    Malformed(#[from] DecodeError),
+    #[error("refused record: {0}")]
+    Record(#[from] RecordError),
+}
+
+fn put_blob(out: &mut Vec<u8>, blob: &[u8]) {
+    out.extend_from_slice(&(blob.len() as u16).to_be_bytes());
+    out.extend_from_slice(blob);
+}
+
+fn read_blob<'a>(
+    r: &mut Reader<'a>,
+    max: usize,
+    what: &'static str,
+) -> Result<&'a [u8], DecodeError> {
+    let len = r.u16(what)? as usize;
+    if len > max {
+        return Err(DecodeError::Invalid {
+            what,
+            detail: format!("{len} bytes, at most {max} allowed"),
+        });
+    }
+    r.take(len, what)
+}
+
+fn read_record(r: &mut Reader<'_>) -> Result<Box<Record>, MessageError> {
+    Ok(Box::new(Record::decode(read_blob(
+        r,
+        MAX_RECORD_LEN,
+        "record",
+    )?)?))
+}
+
+impl Request {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::Register(record) => {
+                out.push(0x01);
+                put_blob(&mut out, record.as_bytes());
+            }
+            Self::Lookup(address) => {
+                out.push(0x02);
+                out.extend_from_slice(&address.to_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        let mut r = Reader::new(bytes);
+        let request = match r.u8("request type")? {
+            0x01 => Self::Register(read_record(&mut r)?),
+            0x02 => Self::Lookup(Address::from_bytes(r.array("address")?)),
+            other => {
+                return Err(DecodeError::Invalid {
+                    what: "request type",
+                    detail: format!("{other:#04x}"),
+                }
+                .into());
+            }
+        };
+        r.finish("rendezvous request")?;
+        Ok(request)
+    }
+}
+
+impl Answer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Self::Registered { observed } => {
+                out.push(0x00);
+                put_socket_addr(&mut out, *observed);
+            }
+            Self::Found(record) => {
+                out.push(0x01);
+                put_blob(&mut out, record.as_bytes());
+            }
+            Self::NotFound => out.push(0x02),
+            Self::Refused(reason) => {
+                out.push(0x03);
+                let reason: String = reason.chars().take(200).collect();
+                put_blob(&mut out, reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, MessageError> {
+        let mut r = Reader::new(bytes);
+        let answer = match r.u8("answer type")? {
+            0x00 => Self::Registered {
+                observed: read_socket_addr(&mut r)?,
+            },
+            0x01 => Self::Found(read_record(&mut r)?),
+            0x02 => Self::NotFound,
+            0x03 => Self::Refused(
+                String::from_utf8_lossy(read_blob(&mut r, MAX_MESSAGE_LEN, "reason")?).into_owned(),
+            ),
+            other => {
+                return Err(DecodeError::Invalid {
+                    what: "answer type",
+                    detail: format!("{other:#04x}"),
+                }
+                .into());
+            }
+        };
+        r.finish("rendezvous answer")?;
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretIdentity;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let me = SecretIdentity::from_seed([5; 32]);
+        let record = Record::sign(&me, &["192.0.2.1:1".parse().unwrap()], 1, 99).unwrap();
+        for request in [
+            Request::Register(Box::new(record.clone())),
+            Request::Lookup(me.address()),
+        ] {
+            assert_eq!(Request::decode(&request.encode()).unwrap(), request);
+        }
+        for answer in [
+            Answer::Registered {
+                observed: "198.51.100.2:4".parse().unwrap(),
+            },
+            Answer::Found(Box::new(record)),
+            Answer::NotFound,
+            Answer::Refused("stale seq".into()),
+        ] {
+            assert!(answer.encode().len() <= MAX_MESSAGE_LEN);
+            assert_eq!(Answer::decode(&answer.encode()).unwrap(), answer);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Request::decode(&bytes);
+            let _ = Answer::decode(&bytes);
+        }
+    }
+}

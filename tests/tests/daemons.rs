@@ -1,0 +1,255 @@
+//! Two real `ternd`s on loopback, driven by `ternctl` exactly as DESIGN.md's command line says.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tern_tests::{Daemon, binary};
+
+/// A TCP JSON-RPC service on loopback: answers each line's `id` with `{"echo": method}`.
+fn json_rpc_service() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                    let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+                    // A notification first, which the client must skip.
+                    writeln!(
+                        writer,
+                        r#"{{"jsonrpc":"2.0","method":"notifications/progress"}}"#
+                    )
+                    .unwrap();
+                    let reply = serde_json::json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["method"]}});
+                    writeln!(writer, "{reply}").unwrap();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A TCP echo service on loopback.
+fn echo_service() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().unwrap();
+                let mut reader = conn;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_message_reaches_an_exposed_service_once_trusted_and_is_refused_before() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let service = json_rpc_service();
+    let _exposed = a.serve(&["expose", "2000", "--to", &format!("127.0.0.1:{service}")]);
+    let message = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+
+    // Private by default: B is refused, within seconds, by name.
+    let out = b.ternctl(&["connect", &a.address, "2000", "--message", message]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&a.address) && stderr.contains("trust"),
+        "{stderr}"
+    );
+
+    let (ok, _) = a.ternctl_json(&["trust", "add", &b.address]);
+    assert!(ok);
+    let out = b.ternctl(&["connect", &a.address, "2000", "--message", message]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        b.log()
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["id"], 1);
+    assert_eq!(reply["result"]["echo"], "ping");
+
+    let (ok, doc) = b.ternctl_json(&[
+        "send",
+        &a.address,
+        "2000",
+        "--data",
+        r#"{"jsonrpc":"2.0","id":"x7","method":"tools/list"}"#,
+    ]);
+    assert!(ok, "{doc}");
+    assert_eq!(doc["data"]["result"]["echo"], "tools/list");
+
+    // Trust removal applies at once.
+    assert!(a.ternctl_json(&["trust", "remove", &b.address]).0);
+    assert!(
+        !b.ternctl(&["connect", &a.address, "2000", "--message", message])
+            .status
+            .success()
+    );
+    let (_, list) = a.ternctl_json(&["trust", "list"]);
+    assert_eq!(list["data"]["trusted"], serde_json::json!([]));
+}
+
+#[test]
+fn status_peers_and_ping_report_the_connection_both_ways() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (_, status) = b.ternctl_json(&["status"]);
+    // Registration happens right after start; give it a moment.
+    for _ in 0..100 {
+        if b.ternctl_json(&["status"]).1["data"]["registered"] == true {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        b.ternctl_json(&["status"]).1["data"]["registered"],
+        true,
+        "{status}"
+    );
+    let (ok, ping) = b.ternctl_json(&["ping", &a.address]);
+    assert!(ok, "{ping}");
+    assert!(ping["data"]["rtt_ms"].as_f64().unwrap() > 0.0);
+    // A reaches B through its own registry (B registered there).
+    assert!(a.ternctl_json(&["ping", &b.address]).0);
+    let (ok, peers) = a.ternctl_json(&["peers"]);
+    assert!(ok);
+    let peer = &peers["data"]["peers"][0];
+    assert_eq!(peer["address"], b.address.as_str());
+    assert_eq!(peer["path"], "direct");
+    assert_eq!(peer["remote"], b.listen.as_str());
+    for field in ["rtt_ms", "bytes_sent", "bytes_received", "since"] {
+        assert!(peer[field].is_number(), "{field} missing in {peer}");
+    }
+}
+
+#[test]
+fn forward_and_expose_carry_a_large_payload_byte_exact_over_many_connections() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let echo = echo_service();
+    let _exposed = a.serve(&["expose", "3000", "--open", "--to", &echo.to_string()]);
+    let local = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _forward = b.serve(&[
+        "forward",
+        "--listen",
+        &local.to_string(),
+        &format!("{}:3000", a.address),
+    ]);
+
+    let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected: [u8; 32] = Sha256::digest(&payload).into();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                let conn = TcpStream::connect(local).unwrap();
+                let mut writer = conn.try_clone().unwrap();
+                let sender = std::thread::spawn(move || {
+                    writer.write_all(&payload).unwrap();
+                    writer.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                let mut back = Vec::new();
+                let mut reader = conn;
+                reader.read_to_end(&mut back).unwrap();
+                sender.join().unwrap();
+                <[u8; 32]>::from(Sha256::digest(&back))
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), expected, "payload changed in transit");
+    }
+}
+
+#[test]
+fn connect_pipes_stdin_to_a_listener_and_half_closes() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let mut listen = a.serve(&["listen", "4000", "--open"]);
+    let mut connect = Command::new(binary("ternctl"))
+        .args([
+            "--home",
+            b.home.path().to_str().unwrap(),
+            "connect",
+            &a.address,
+            "4000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    connect
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line one\nline two\n")
+        .unwrap();
+    // stdin closed: the stream half-closes; the listener ends its side; connect exits 0.
+    let status = connect.wait().unwrap();
+    assert!(status.success());
+    let mut got = vec![0u8; 18];
+    listen
+        .0
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut got)
+        .unwrap();
+    assert_eq!(got, b"line one\nline two\n");
+}
+
+#[test]
+fn errors_say_what_is_wrong_and_what_to_do() {
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, doc) = tern_tests::ternctl_json(empty.path(), &["status"]);
+    assert!(!ok);
+    assert_eq!(doc["error"]["code"], "no_daemon");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ternd.sock")
+    );
+    assert!(
+        doc["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("ternd --home")
+    );
+
+    let a = Daemon::start(&[]);
+    let out = a.ternctl(&["ping", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a1b2:c3d4:e5f6"));
+    let out = a.ternctl(&["connect", &a.address]);
+    assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
+    let (ok, doc) = a.ternctl_json(&["connect", "0000:0000:0001", "2000", "--message", "{}"]);
+    assert!(!ok);
+    assert_eq!(doc["error"]["code"], "not_found", "{doc}");
+    let (ok, doc) = a.ternctl_json(&["listen", "7"]);
+    assert!(!ok);
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reserved"),
+        "{doc}"
+    );
+}
