@@ -13,16 +13,20 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Streams are plain `tokio::net::UnixStream`s spliced by the daemon to the overlay stream,
-//! so they work with anything that takes `AsyncRead + AsyncWrite`.
+//! A [`Stream`] is a Unix connection the daemon splices to the overlay stream, so it works
+//! with anything that takes `AsyncRead + AsyncWrite`; its `id` lets another call reset it or
+//! ask how it ended.
 
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use serde_json::Value;
 use tern_daemon::api::{FrameIoError, read_frame, write_frame};
 use tern_daemon::home::{Home, HomeError};
 use tern_proto::Address;
 use tern_proto::api::{ApiError, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +80,57 @@ pub struct Client {
     socket: PathBuf,
 }
 
+/// One overlay stream, as seen from the local side.
+#[derive(Debug)]
+pub struct Stream {
+    /// The daemon's id for it: see [`Client::reset`] and [`Client::outcome`].
+    pub id: u64,
+    pub peer: Address,
+    pub io: UnixStream,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// A stream that arrived on a listened port.
 #[derive(Debug)]
 pub struct Incoming {
-    pub peer: Address,
     pub remote_port: u16,
-    pub stream: UnixStream,
+    pub stream: Stream,
+}
+
+fn opened_stream(data: &Value, io: UnixStream) -> Result<Stream, ClientError> {
+    let peer = data["peer"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .ok_or(ClientError::NoAnswer)?;
+    let id = data["stream"].as_u64().ok_or(ClientError::NoAnswer)?;
+    Ok(Stream { id, peer, io })
 }
 
 /// A claimed port: streams to it can be accepted while this lives.
@@ -165,14 +214,25 @@ impl Client {
     }
 
     /// Opens a stream to `port` on `target`; bytes written reach the remote listener.
-    pub async fn dial(&self, target: &str, port: u16) -> Result<UnixStream, ClientError> {
+    pub async fn dial(&self, target: &str, port: u16) -> Result<Stream, ClientError> {
         let mut connection = self.open().await?;
         let request = Request::Dial {
             target: target.into(),
             port,
         };
-        Self::exchange(&mut connection, &request).await?;
-        Ok(connection)
+        let data = Self::exchange(&mut connection, &request).await?;
+        opened_stream(&data, connection)
+    }
+
+    /// Ends a stream abnormally: its peer sees a reset with `code`, not a clean end.
+    pub async fn reset(&self, stream: u64, code: u32) -> Result<Value, ClientError> {
+        self.call(Request::Reset { stream, code }).await
+    }
+
+    /// How a stream ended once both its directions are closed: `{"end": "clean"}`, or
+    /// `{"end": "broken", "detail": …}`, or `{"end": "reset", "code": …}`.
+    pub async fn outcome(&self, stream: u64) -> Result<Value, ClientError> {
+        self.call(Request::Outcome { stream }).await
     }
 
     /// Claims `port`; `open` admits peers that are not on the trust list.
@@ -196,15 +256,9 @@ impl PortListener {
     pub async fn accept(&self) -> Result<Incoming, ClientError> {
         let mut connection = self.client.open().await?;
         let data = Client::exchange(&mut connection, &Request::Accept { port: self.port }).await?;
-        let peer = data["peer"]
-            .as_str()
-            .and_then(|p| p.parse().ok())
-            .ok_or(ClientError::NoAnswer)?;
-        let remote_port = data["remote_port"].as_u64().unwrap_or(0) as u16;
         Ok(Incoming {
-            peer,
-            remote_port,
-            stream: connection,
+            remote_port: data["remote_port"].as_u64().unwrap_or(0) as u16,
+            stream: opened_stream(&data, connection)?,
         })
     }
 }

@@ -15,10 +15,15 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::node::{DialError, OverlayStream};
+use crate::streams::{Outcome, StreamHandle, wait_outcome};
 
 /// A client must send its request within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SPLICE_BUFFER: usize = 64 * 1024;
+/// How long an `outcome` request waits for its stream to end.
+const OUTCOME_WAIT: Duration = Duration::from_secs(10);
+/// Reset code when the local side of a splice failed.
+const STREAM_BROKEN: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameIoError {
@@ -189,6 +194,37 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 };
                 write_frame(&mut client, &response).await?
             }
+            Request::Reset { stream, code } => {
+                let response = if daemon.streams().reset(stream, code) {
+                    Response::success(json!({ "stream": stream, "code": code }))
+                } else {
+                    Response::failure(
+                        "unknown_stream",
+                        format!("no running stream {stream}"),
+                        None,
+                    )
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::Outcome { stream } => {
+                let watched = daemon.streams().watch(stream);
+                let response = match watched {
+                    None => Response::failure(
+                        "unknown_stream",
+                        format!("no stream {stream} is known"),
+                        None,
+                    ),
+                    Some(done) => match wait_outcome(done, OUTCOME_WAIT).await {
+                        Some(outcome) => Response::success(json!(outcome)),
+                        None => Response::failure(
+                            "still_running",
+                            format!("stream {stream} has not ended within {OUTCOME_WAIT:?}"),
+                            Some("close both directions of the stream first".into()),
+                        ),
+                    },
+                };
+                write_frame(&mut client, &response).await?
+            }
             Request::TrustList => {
                 let trusted = json!({ "trusted": daemon.trust_list() });
                 write_frame(&mut client, &Response::success(trusted)).await?
@@ -219,19 +255,22 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 };
                 match daemon.dial(peer, port).await {
                     Ok(stream) => {
-                        let opened =
-                            json!({ "peer": peer, "port": port, "local_port": stream.local_port });
+                        let handle = daemon.streams().open();
+                        let opened = json!({ "stream": handle.id, "peer": peer, "port": port, "local_port": stream.local_port });
                         write_frame(&mut client, &Response::success(opened)).await?;
-                        return splice(client, stream).await;
+                        splice(client, stream, handle).await;
+                        return Ok(());
                     }
                     Err(e) => write_frame(&mut client, &failure_of(&e)).await?,
                 }
             }
             Request::Accept { port } => match daemon.accept(port).await {
                 Ok(Some(stream)) => {
-                    let accepted = json!({ "peer": stream.peer, "port": port, "remote_port": stream.remote_port });
+                    let handle = daemon.streams().open();
+                    let accepted = json!({ "stream": handle.id, "peer": stream.peer, "port": port, "remote_port": stream.remote_port });
                     write_frame(&mut client, &Response::success(accepted)).await?;
-                    return splice(client, stream).await;
+                    splice(client, stream, handle).await;
+                    return Ok(());
                 }
                 Ok(None) => {
                     let e = DaemonError::NotListening(port);
@@ -244,13 +283,32 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
 }
 
 /// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
-async fn splice(mut client: UnixStream, mut stream: OverlayStream) -> Result<(), FrameIoError> {
-    tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut stream,
-        SPLICE_BUFFER,
-        SPLICE_BUFFER,
-    )
-    .await?;
-    Ok(())
+/// A failure, or a `reset` request, resets the QUIC stream so the peer sees a broken stream
+/// rather than a clean end.
+async fn splice(mut client: UnixStream, mut stream: OverlayStream, handle: StreamHandle) {
+    enum End {
+        Copied(std::io::Result<(u64, u64)>),
+        ResetRequested(u32),
+    }
+    let mut abort = handle.abort;
+    let end = tokio::select! {
+        copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, SPLICE_BUFFER, SPLICE_BUFFER) => End::Copied(copied),
+        Ok(code) = &mut abort => End::ResetRequested(code),
+    };
+    let outcome = match end {
+        End::Copied(Ok(_)) => Outcome::Clean,
+        End::Copied(Err(e)) => {
+            let _ = stream.send.reset(STREAM_BROKEN.into());
+            let _ = stream.recv.stop(STREAM_BROKEN.into());
+            Outcome::Broken {
+                detail: e.to_string(),
+            }
+        }
+        End::ResetRequested(code) => {
+            let _ = stream.send.reset(code.into());
+            let _ = stream.recv.stop(code.into());
+            Outcome::Reset { code }
+        }
+    };
+    let _ = handle.done.send(Some(outcome));
 }

@@ -16,6 +16,7 @@ use crate::TransportConfig;
 use crate::home::{Home, HomeError};
 use crate::node::{Access, DialError, Listener, Node, NodeError, OverlayStream, ProbeError};
 use crate::rendezvous::{self, RECORD_LIFETIME, REFRESH_INTERVAL, Registry, unix_now};
+use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
 use crate::trust::{TRUST_FILE, TrustError, TrustStore};
 
@@ -84,6 +85,7 @@ pub struct Daemon {
     servers: Mutex<Vec<ServerState>>,
     trust: Mutex<TrustStore>,
     listeners: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<Listener>>>>,
+    streams: Mutex<StreamTable>,
 }
 
 impl Daemon {
@@ -116,6 +118,7 @@ impl Daemon {
             ),
             trust: Mutex::new(trust),
             listeners: Mutex::new(HashMap::new()),
+            streams: Mutex::new(StreamTable::default()),
         });
         tokio::spawn(rendezvous::serve(node.clone(), daemon.registry.clone()));
         let echo = node
@@ -131,6 +134,11 @@ impl Daemon {
 
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The table of spliced streams (local API `reset` / `outcome`).
+    pub fn streams(&self) -> std::sync::MutexGuard<'_, StreamTable> {
+        self.streams.lock().expect("stream table lock")
     }
 
     pub fn home(&self) -> &Home {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod home;
 pub mod node;
 pub mod rendezvous;
+pub mod streams;
 pub mod transport;
 pub mod trust;
 

@@ -3,7 +3,9 @@
 //! Each message is a frame: length u32 (big-endian, at most [`MAX_FRAME`]) then that many
 //! bytes of UTF-8 JSON. A client sends one [`Request`] and reads one [`Response`]. After a
 //! successful `dial` or `accept` the same connection carries the overlay stream's raw bytes
-//! in both directions (no more frames); closing the write side half-closes the stream.
+//! in both directions (no more frames); closing the write side half-closes the stream. The
+//! answer names the stream (`data.stream`), so that another connection can `reset` it or ask
+//! for its `outcome`: a Unix socket can only say end-of-stream, not how a stream ended.
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,15 @@ pub enum Request {
     /// Round trip to a peer over a sealed control packet.
     Ping {
         target: String,
+    },
+    /// End a spliced stream abnormally: the peer sees a reset with `code`, not a clean end.
+    Reset {
+        stream: u64,
+        code: u32,
+    },
+    /// How a spliced stream ended (waits briefly for it to finish): `clean` or why not.
+    Outcome {
+        stream: u64,
     },
     TrustAdd {
         address: String,

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod packet;
 pub mod record;
 pub mod rendezvous;
+pub mod service;
 pub mod stream;
 pub mod wire;
 

@@ -142,3 +142,41 @@ pub fn ternctl_json(home: &Path, args: &[&str]) -> (bool, Value) {
     });
     (out.status.success(), doc)
 }
+
+/// The Python of the test venv that holds the pinned MCP/A2A packages (`tests/requirements.txt`).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("TERN_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: create the test venv with `python3 -m venv .venv && .venv/bin/pip \
+         install -r tests/requirements.txt` (.ci/run does this)",
+        path.display()
+    );
+    path
+}
+
+/// A script under `tests/clients/`.
+pub fn client_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+/// Whether any process still belongs to process group `pgid`.
+pub fn process_group_alive(pgid: u32) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| {
+            std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                // Fields after the parenthesised command: state, ppid, pgrp, …
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_string))
+                    .is_some_and(|pgrp| pgrp == pgid.to_string())
+            })
+        })
+}

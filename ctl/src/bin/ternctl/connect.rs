@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::output::{Failure, Report};
 use crate::{check_target, failure};
-use tern_ctl::Client;
+use tern_ctl::{Client, Stream};
 
 #[derive(Args)]
 pub struct ConnectArgs {
@@ -66,7 +66,18 @@ pub async fn send(client: &Client, args: SendArgs) -> Result<Report, Failure> {
 /// stdin → stream (EOF half-closes it), stream → stdout until the remote side closes.
 async fn pipe(client: &Client, target: &str, port: u16) -> Result<Report, Failure> {
     let stream = client.dial(target, port).await.map_err(failure)?;
-    let (mut from_peer, mut to_peer) = stream.into_split();
+    let (sent, received) = pipe_stdio(stream).await?;
+    Ok(Report {
+        data: json!({ "bytes_sent": sent, "bytes_received": received }),
+        text: String::new(),
+    })
+}
+
+/// Copies stdin to the stream and the stream to stdout; returns once the remote side has
+/// closed, with both directions of the local connection closed (bytes sent, received).
+pub async fn pipe_stdio(stream: Stream) -> Result<(u64, u64), Failure> {
+    let peer = stream.peer;
+    let (mut from_peer, mut to_peer) = stream.io.into_split();
     let upload = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let copied = tokio::io::copy(&mut stdin, &mut to_peer).await;
@@ -74,26 +85,17 @@ async fn pipe(client: &Client, target: &str, port: u16) -> Result<Report, Failur
         copied
     });
     let mut stdout = tokio::io::stdout();
-    let received = tokio::io::copy(&mut from_peer, &mut stdout)
-        .await
-        .map_err(|e| {
-            Failure::new(
-                "stream_broken",
-                format!("the stream to {target} broke: {e}"),
-            )
-        })?;
+    let received = tokio::io::copy(&mut from_peer, &mut stdout).await;
     stdout.flush().await.ok();
-    // The remote side has closed: stop reading stdin, as `nc -N` does.
-    let sent = if upload.is_finished() {
-        upload.await.ok().and_then(|r| r.ok()).unwrap_or(0)
-    } else {
+    // The remote side has closed: stop reading stdin, as `nc -N` does; dropping the write
+    // half closes it.
+    if !upload.is_finished() {
         upload.abort();
-        0
-    };
-    Ok(Report {
-        data: json!({ "bytes_sent": sent, "bytes_received": received }),
-        text: String::new(),
-    })
+    }
+    let sent = upload.await.ok().and_then(|r| r.ok()).unwrap_or(0);
+    let received = received
+        .map_err(|e| Failure::new("stream_broken", format!("the stream to {peer} broke: {e}")))?;
+    Ok((sent, received))
 }
 
 /// Sends one message, keeps the write side open until the reply with the same id arrives

@@ -39,15 +39,16 @@ pub async fn run(client: &Client, args: ExposeArgs) -> Result<Report, Failure> {
             let to = args.to;
             tokio::spawn(async move {
                 let mut stream = incoming.stream;
+                let peer = stream.peer;
                 match tokio::net::TcpStream::connect(to).await {
                     Ok(mut tcp) => {
                         if let Err(e) = splice(&mut stream, &mut tcp).await {
-                            eprintln!("stream from {} to {to} broke: {e}", incoming.peer);
+                            eprintln!("stream from {peer} to {to} broke: {e}");
                         }
                     }
                     // Dropping the stream ends it, so the peer sees the service is gone.
                     Err(e) => {
-                        eprintln!("cannot reach {to} for a stream from {}: {e}", incoming.peer)
+                        eprintln!("cannot reach {to} for a stream from {peer}: {e}")
                     }
                 }
             });

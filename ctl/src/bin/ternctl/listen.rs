@@ -30,11 +30,11 @@ pub async fn run(client: &Client, args: ListenArgs) -> Result<Report, Failure> {
             let mut incoming = listener.accept().await.map_err(failure)?;
             eprintln!(
                 "stream from {} (port {})",
-                incoming.peer, incoming.remote_port
+                incoming.stream.peer, incoming.remote_port
             );
             let mut stdout = tokio::io::stdout();
             if let Err(e) = tokio::io::copy(&mut incoming.stream, &mut stdout).await {
-                eprintln!("stream from {} broke: {e}", incoming.peer);
+                eprintln!("stream from {} broke: {e}", incoming.stream.peer);
             }
             stdout.flush().await.ok();
             streams += 1;

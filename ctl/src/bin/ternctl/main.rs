@@ -5,6 +5,7 @@ mod expose;
 mod forward;
 mod id;
 mod listen;
+mod mcp;
 mod output;
 mod ping;
 mod status;
@@ -64,6 +65,11 @@ enum Command {
     Expose(expose::ExposeArgs),
     /// Map a local TCP port to PORT on TARGET: one overlay stream per TCP connection.
     Forward(forward::ForwardArgs),
+    /// Carry MCP's stdio transport: expose a server command, or connect to one.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,7 +96,7 @@ fn run(cli: Cli) -> Result<Report, Failure> {
     let client = Client::for_home(cli.home).map_err(failure)?;
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| Failure::new("runtime", format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Id => unreachable!("handled above"),
             Command::Status => status::status(&client).await,
@@ -102,8 +108,13 @@ fn run(cli: Cli) -> Result<Report, Failure> {
             Command::Listen(args) => listen::run(&client, args).await,
             Command::Expose(args) => expose::run(&client, args).await,
             Command::Forward(args) => forward::run(&client, args).await,
+            Command::Mcp { command } => mcp::run(&client, command).await,
         }
-    })
+    });
+    // A stdin read may still block in tokio's thread pool (the peer closed first); do not
+    // wait for it.
+    runtime.shutdown_background();
+    outcome
 }
 
 /// A client error as the user sees it.
