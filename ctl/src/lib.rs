@@ -232,7 +232,20 @@ impl Client {
     /// How a stream ended once both its directions are closed: `{"end": "clean"}`, or
     /// `{"end": "broken", "detail": …}`, or `{"end": "reset", "code": …}`.
     pub async fn outcome(&self, stream: u64) -> Result<Value, ClientError> {
-        self.call(Request::Outcome { stream }).await
+        self.call(Request::Outcome {
+            stream,
+            wait_ms: 10_000,
+        })
+        .await
+    }
+
+    /// How a stream ended, without waiting: `None` while it is still running.
+    pub async fn outcome_now(&self, stream: u64) -> Result<Option<Value>, ClientError> {
+        match self.call(Request::Outcome { stream, wait_ms: 0 }).await {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(ClientError::Api(e)) if e.code == "still_running" => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Claims `port`; `open` admits peers that are not on the trust list.

@@ -20,7 +20,7 @@ use crate::streams::{Outcome, StreamHandle, wait_outcome};
 /// A client must send its request within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const SPLICE_BUFFER: usize = 64 * 1024;
-/// How long an `outcome` request waits for its stream to end.
+/// The longest an `outcome` request may wait for its stream to end.
 const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Reset code when the local side of a splice failed.
 const STREAM_BROKEN: u32 = 1;
@@ -206,7 +206,8 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 };
                 write_frame(&mut client, &response).await?
             }
-            Request::Outcome { stream } => {
+            Request::Outcome { stream, wait_ms } => {
+                let wait = Duration::from_millis(wait_ms).min(OUTCOME_WAIT);
                 let watched = daemon.streams().watch(stream);
                 let response = match watched {
                     None => Response::failure(
@@ -214,11 +215,11 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                         format!("no stream {stream} is known"),
                         None,
                     ),
-                    Some(done) => match wait_outcome(done, OUTCOME_WAIT).await {
+                    Some(done) => match wait_outcome(done, wait).await {
                         Some(outcome) => Response::success(json!(outcome)),
                         None => Response::failure(
                             "still_running",
-                            format!("stream {stream} has not ended within {OUTCOME_WAIT:?}"),
+                            format!("stream {stream} has not ended within {wait:?}"),
                             Some("close both directions of the stream first".into()),
                         ),
                     },

@@ -41,9 +41,11 @@ pub enum Request {
         stream: u64,
         code: u32,
     },
-    /// How a spliced stream ended (waits briefly for it to finish): `clean` or why not.
+    /// How a spliced stream ended: `clean` or why not; waits up to `wait_ms` for it to end.
     Outcome {
         stream: u64,
+        #[serde(default = "default_outcome_wait_ms")]
+        wait_ms: u64,
     },
     TrustAdd {
         address: String,
@@ -52,6 +54,10 @@ pub enum Request {
         address: String,
     },
     TrustList,
+}
+
+fn default_outcome_wait_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

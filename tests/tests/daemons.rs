@@ -253,3 +253,68 @@ fn errors_say_what_is_wrong_and_what_to_do() {
         "{doc}"
     );
 }
+
+#[test]
+fn a_tcp_reset_crosses_forward_and_expose_as_a_reset_not_a_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The service reads one byte, then either resets (first connection) or reports how the
+    // client's end of the connection arrived (second connection).
+    let server = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let service = server.local_addr().unwrap();
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let (mut first, _) = server.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        first.read_exact(&mut byte).await.unwrap();
+        first.set_zero_linger().unwrap();
+        drop(first);
+        let (mut second, _) = server.accept().await.unwrap();
+        second.read_exact(&mut byte).await.unwrap();
+        let end = second.read(&mut byte).await;
+        seen_tx
+            .send(matches!(end, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset))
+            .unwrap();
+    });
+    let _exposed = a.serve(&["expose", "3100", "--open", "--to", &service.to_string()]);
+    let local = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let _forward = b.serve(&[
+        "forward",
+        "--listen",
+        &local.to_string(),
+        &format!("{}:3100", a.address),
+    ]);
+
+    runtime.block_on(async {
+        // Service → client.
+        let mut conn = tokio::net::TcpStream::connect(local).await.unwrap();
+        conn.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 16];
+        let end = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            matches!(end, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the client saw {end:?} instead of a reset"
+        );
+        // Client → service.
+        let conn = tokio::net::TcpStream::connect(local).await.unwrap();
+        let mut conn = conn;
+        conn.write_all(b"y").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.set_zero_linger().unwrap();
+        drop(conn);
+    });
+    let reset_seen = seen_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        reset_seen,
+        "the service saw a clean close instead of a reset"
+    );
+}

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::output::{Failure, Report};
-use crate::{failure, shutdown_signal, splice};
+use crate::{bridge, failure, shutdown_signal};
 use tern_ctl::Client;
 
 #[derive(Args)]
@@ -37,18 +37,18 @@ pub async fn run(client: &Client, args: ExposeArgs) -> Result<Report, Failure> {
         loop {
             let incoming = listener.accept().await.map_err(failure)?;
             let to = args.to;
+            let client = client.clone();
             tokio::spawn(async move {
-                let mut stream = incoming.stream;
-                let peer = stream.peer;
+                let peer = incoming.stream.peer;
                 match tokio::net::TcpStream::connect(to).await {
-                    Ok(mut tcp) => {
-                        if let Err(e) = splice(&mut stream, &mut tcp).await {
-                            eprintln!("stream from {peer} to {to} broke: {e}");
+                    Ok(tcp) => {
+                        if let Err(e) = bridge(&client, incoming.stream, tcp).await {
+                            eprintln!("stream from {peer} to {to}: {e}");
                         }
                     }
-                    // Dropping the stream ends it, so the peer sees the service is gone.
                     Err(e) => {
-                        eprintln!("cannot reach {to} for a stream from {peer}: {e}")
+                        eprintln!("cannot reach {to} for a stream from {peer}: {e}");
+                        let _ = client.reset(incoming.stream.id, 1).await;
                     }
                 }
             });

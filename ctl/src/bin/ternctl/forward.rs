@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::output::{Failure, Report};
-use crate::{check_target, failure, shutdown_signal, splice};
+use crate::{bridge, check_target, failure, shutdown_signal};
 use tern_ctl::Client;
 
 #[derive(Args)]
@@ -37,7 +37,7 @@ pub async fn run(client: &Client, args: ForwardArgs) -> Result<Report, Failure> 
     eprintln!("ready: forwarding {} to {target} port {port}", args.listen);
     let serve = async {
         loop {
-            let (mut conn, from) = match tcp.accept().await {
+            let (conn, from) = match tcp.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     eprintln!("accept failed: {e}");
@@ -47,12 +47,16 @@ pub async fn run(client: &Client, args: ForwardArgs) -> Result<Report, Failure> 
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
                 match client.dial(&target, port).await {
-                    Ok(mut stream) => {
-                        if let Err(e) = splice(&mut conn, &mut stream).await {
-                            eprintln!("connection from {from} broke: {e}");
+                    Ok(stream) => {
+                        if let Err(e) = bridge(&client, stream, conn).await {
+                            eprintln!("connection from {from}: {e}");
                         }
                     }
-                    Err(e) => eprintln!("{}", failure(e).message),
+                    Err(e) => {
+                        eprintln!("{}", failure(e).message);
+                        // Refused or unreachable: reset, so the TCP client sees a failure.
+                        let _ = conn.set_zero_linger();
+                    }
                 }
             });
         }
