@@ -25,7 +25,7 @@ use serde_json::Value;
 use tern_daemon::api::{FrameIoError, read_frame, write_frame};
 use tern_daemon::home::{Home, HomeError};
 use tern_proto::Address;
-use tern_proto::api::{ApiError, Request, Response};
+use tern_proto::api::{ApiError, DatagramFrame, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 
@@ -133,12 +133,21 @@ fn opened_stream(data: &Value, io: UnixStream) -> Result<Stream, ClientError> {
     Ok(Stream { id, peer, io })
 }
 
-/// A claimed port: streams to it can be accepted while this lives.
+/// A claimed port: streams to it can be accepted, and its datagrams read, while this lives.
 #[derive(Debug)]
 pub struct PortListener {
     client: Client,
     port: u16,
-    _claim: UnixStream,
+    /// The connection that holds the port; the daemon pushes the port's datagrams on it.
+    claim: tokio::sync::Mutex<UnixStream>,
+}
+
+/// A datagram that arrived on a listened port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub from: Address,
+    pub source_port: u16,
+    pub payload: Vec<u8>,
 }
 
 impl Client {
@@ -255,14 +264,45 @@ impl Client {
         Ok(PortListener {
             client: self.clone(),
             port,
-            _claim: claim,
+            claim: tokio::sync::Mutex::new(claim),
         })
+    }
+
+    /// Sends one unreliable datagram (at most about 1,100 bytes) to `port` on `target`.
+    pub async fn send_datagram(
+        &self,
+        target: &str,
+        port: u16,
+        source_port: u16,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        let request = Request::SendDatagram {
+            target: target.into(),
+            port,
+            source_port,
+            data: hex::encode(payload),
+        };
+        self.call(request).await.map(|_| ())
     }
 }
 
 impl PortListener {
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The next datagram to the port; `None` if the daemon went away.
+    pub async fn recv_datagram(&self) -> Result<Option<Datagram>, ClientError> {
+        let mut claim = self.claim.lock().await;
+        let Some(frame) = read_frame::<DatagramFrame>(&mut *claim).await? else {
+            return Ok(None);
+        };
+        let bad = || ClientError::NoAnswer;
+        Ok(Some(Datagram {
+            from: frame.from.parse().map_err(|_| bad())?,
+            source_port: frame.source_port,
+            payload: hex::decode(&frame.data).map_err(|_| bad())?,
+        }))
     }
 
     /// The next stream to the port (several `accept`s may wait at once).

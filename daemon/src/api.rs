@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tern_proto::Address;
-use tern_proto::api::{self, Request, Response};
+use tern_proto::api::{self, DatagramFrame, Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -119,6 +119,10 @@ fn failure_of(e: &DaemonError) -> Response {
             Some(
                 "check that the remote ternd runs; `ternctl status` shows this node's registration",
             ),
+        ),
+        DaemonError::Datagram(_) => (
+            "datagram_not_sent",
+            Some("datagrams must fit one packet (about 1,100 bytes); use a stream for more"),
         ),
         DaemonError::ReservedPort(_) | DaemonError::PortInUse(_) | DaemonError::NotListening(_) => {
             ("bad_port", None)
@@ -231,20 +235,61 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 write_frame(&mut client, &Response::success(trusted)).await?
             }
             Request::Listen { port, open } => {
-                if let Err(e) = daemon.listen(port, open) {
-                    write_frame(&mut client, &failure_of(&e)).await?;
-                    continue;
-                }
+                let mut datagrams = match daemon.listen(port, open) {
+                    Ok(datagrams) => datagrams,
+                    Err(e) => {
+                        write_frame(&mut client, &failure_of(&e)).await?;
+                        continue;
+                    }
+                };
                 write_frame(
                     &mut client,
                     &Response::success(json!({ "port": port, "open": open })),
                 )
                 .await?;
-                // The port is held while this connection lives.
+                // The port is held while this connection lives; its datagrams are pushed here.
+                let (mut reader, mut writer) = client.into_split();
                 let mut sink = [0u8; 64];
-                while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
+                loop {
+                    tokio::select! {
+                        read = reader.read(&mut sink) => if !matches!(read, Ok(n) if n > 0) { break },
+                        Some(datagram) = datagrams.recv() => {
+                            let frame = DatagramFrame {
+                                from: datagram.from.to_string(),
+                                source_port: datagram.source_port,
+                                data: hex::encode(&datagram.payload),
+                            };
+                            if write_frame(&mut writer, &frame).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
                 daemon.unlisten(port);
                 return Ok(());
+            }
+            Request::SendDatagram {
+                target,
+                port,
+                source_port,
+                data,
+            } => {
+                let response = match (parse_address(&target), hex::decode(&data)) {
+                    (Err(response), _) => response,
+                    (_, Err(e)) => Response::failure(
+                        "bad_request",
+                        format!("datagram data is not hex: {e}"),
+                        None,
+                    ),
+                    (Ok(peer), Ok(payload)) => match daemon
+                        .send_datagram(peer, port, source_port, &payload)
+                        .await
+                    {
+                        Ok(()) => Response::success(json!({ "sent": payload.len() })),
+                        Err(e) => failure_of(&e),
+                    },
+                };
+                write_frame(&mut client, &response).await?
             }
             Request::Dial { target, port } => {
                 let peer = match parse_address(&target) {

@@ -14,11 +14,15 @@ use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
 use crate::home::{Home, HomeError};
-use crate::node::{Access, DialError, Listener, Node, NodeError, OverlayStream, ProbeError};
+use crate::node::{
+    Access, Datagram, DatagramError, DialError, Listener, Node, NodeError, OverlayStream,
+    ProbeError,
+};
 use crate::rendezvous::{self, RECORD_LIFETIME, REFRESH_INTERVAL, Registry, unix_now};
 use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
 use crate::trust::{TRUST_FILE, TrustError, TrustStore};
+use tokio::sync::mpsc;
 
 /// The UDP port `ternd` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7440;
@@ -60,6 +64,8 @@ pub enum DaemonError {
     Dial(#[from] DialError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Datagram(#[from] DatagramError),
     #[error("port {0} is reserved for tern's own services (0-1023); use 1024-65535")]
     ReservedPort(u16),
     #[error("port {0} is already in use on this node")]
@@ -256,21 +262,37 @@ impl Daemon {
         Ok(self.node.ping(target, None).await?)
     }
 
-    /// Claims an application port until [`Daemon::unlisten`].
-    pub fn listen(&self, port: u16, open: bool) -> Result<(), DaemonError> {
+    /// Claims an application port until [`Daemon::unlisten`]; returns its datagram queue.
+    pub fn listen(&self, port: u16, open: bool) -> Result<mpsc::Receiver<Datagram>, DaemonError> {
         if port < FIRST_APP_PORT {
             return Err(DaemonError::ReservedPort(port));
         }
         let access = if open { Access::Open } else { Access::Trusted };
-        let listener = self
+        let mut listener = self
             .node
             .listen(port, access)
             .map_err(|_| DaemonError::PortInUse(port))?;
+        let datagrams = listener
+            .take_datagrams()
+            .expect("a new listener still has its datagram queue");
         self.listeners
             .lock()
             .expect("listener table lock")
             .insert(port, Arc::new(tokio::sync::Mutex::new(listener)));
-        Ok(())
+        Ok(datagrams)
+    }
+
+    pub async fn send_datagram(
+        &self,
+        target: Address,
+        port: u16,
+        source_port: u16,
+        payload: &[u8],
+    ) -> Result<(), DaemonError> {
+        self.ensure_connected(target).await?;
+        Ok(self
+            .node
+            .send_datagram(target, port, source_port, payload)?)
     }
 
     pub fn unlisten(&self, port: u16) {

@@ -230,7 +230,7 @@ pub struct Datagram {
 pub struct Listener {
     port: u16,
     streams: mpsc::Receiver<OverlayStream>,
-    datagrams: mpsc::Receiver<Datagram>,
+    datagrams: Option<mpsc::Receiver<Datagram>>,
     shared: Weak<Shared>,
 }
 
@@ -244,8 +244,15 @@ impl Listener {
         self.streams.recv().await
     }
 
+    /// The next datagram; `None` once the node has shut down or the queue was taken.
     pub async fn recv_datagram(&mut self) -> Option<Datagram> {
-        self.datagrams.recv().await
+        self.datagrams.as_mut()?.recv().await
+    }
+
+    /// Hands the port's datagram queue to another owner, so that streams and datagrams can be
+    /// awaited by different tasks.
+    pub fn take_datagrams(&mut self) -> Option<mpsc::Receiver<Datagram>> {
+        self.datagrams.take()
     }
 }
 
@@ -566,7 +573,7 @@ impl Node {
         Ok(Listener {
             port,
             streams,
-            datagrams,
+            datagrams: Some(datagrams),
             shared: Arc::downgrade(&self.shared),
         })
     }

@@ -32,6 +32,13 @@ pub enum Request {
     Accept {
         port: u16,
     },
+    /// One unreliable datagram to `port` on `target`; `data` in hex.
+    SendDatagram {
+        target: String,
+        port: u16,
+        source_port: u16,
+        data: String,
+    },
     /// Round trip to a peer over a sealed control packet.
     Ping {
         target: String,
@@ -97,6 +104,15 @@ impl Response {
             }),
         }
     }
+}
+
+/// Pushed by the daemon on a `listen` connection for each datagram to that port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatagramFrame {
+    pub from: String,
+    pub source_port: u16,
+    /// The payload in hex.
+    pub data: String,
 }
 
 #[derive(Debug, thiserror::Error)]

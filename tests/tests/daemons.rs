@@ -318,3 +318,50 @@ fn a_tcp_reset_crosses_forward_and_expose_as_a_reset_not_a_close() {
         "the service saw a clean close instead of a reset"
     );
 }
+
+#[test]
+fn datagrams_reach_a_listening_client_and_private_ports_drop_untrusted_ones() {
+    let a = Daemon::start(&[]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client_a = tern_ctl::Client::for_home(Some(a.home.path().to_path_buf())).unwrap();
+        let client_b = tern_ctl::Client::for_home(Some(b.home.path().to_path_buf())).unwrap();
+        let listener = client_a.listen(6000, false).await.unwrap();
+
+        client_b
+            .send_datagram(&a.address, 6000, 777, b"before trust")
+            .await
+            .unwrap();
+        let early =
+            tokio::time::timeout(Duration::from_millis(500), listener.recv_datagram()).await;
+        assert!(
+            early.is_err(),
+            "an untrusted datagram was delivered: {early:?}"
+        );
+
+        client_a.trust_add(&b.address).await.unwrap();
+        // Datagrams are unreliable: send a few, expect at least one.
+        for _ in 0..3 {
+            client_b
+                .send_datagram(&a.address, 6000, 777, "après trust".as_bytes())
+                .await
+                .unwrap();
+        }
+        let datagram = tokio::time::timeout(Duration::from_secs(5), listener.recv_datagram())
+            .await
+            .expect("no datagram arrived")
+            .unwrap()
+            .unwrap();
+        assert_eq!(datagram.from.to_string(), b.address);
+        assert_eq!(datagram.source_port, 777);
+        assert_eq!(datagram.payload, "après trust".as_bytes());
+
+        let too_big = vec![0u8; 4000];
+        let err = client_b
+            .send_datagram(&a.address, 6000, 1, &too_big)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "datagram_not_sent", "{err}");
+    });
+}

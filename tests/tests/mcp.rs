@@ -106,22 +106,65 @@ fn server_to_client_requests_progress_and_cancellation_cross_the_overlay() {
     let b = Daemon::start(&["--rendezvous", &a.listen]);
     let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-    assert!(server.exists(), "{} is missing: run `npm ci` in tests/node (.ci/run does this)", server.display());
-    let _exposed = a.serve(&["mcp", "expose", "everything", "--", "node", server.to_str().unwrap(), "stdio"]);
+    assert!(
+        server.exists(),
+        "{} is missing: run `npm ci` in tests/node (.ci/run does this)",
+        server.display()
+    );
+    let _exposed = a.serve(&[
+        "mcp",
+        "expose",
+        "everything",
+        "--",
+        "node",
+        server.to_str().unwrap(),
+        "stdio",
+    ]);
     a.ternctl(&["trust", "add", &b.address]);
 
     let out = Command::new(venv_bin("python"))
         .arg(client_script("mcp_everything_client.py"))
-        .args([binary("ternctl").to_str().unwrap(), b.home.path().to_str().unwrap(), &a.address, "everything"])
+        .args([
+            binary("ternctl").to_str().unwrap(),
+            b.home.path().to_str().unwrap(),
+            &a.address,
+            "everything",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "client failed: {}\n{}", String::from_utf8_lossy(&out.stderr), a.log());
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.log()
+    );
     let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seen["asked"], serde_json::json!({"sampling": 1, "elicitation": 1, "roots": 1}));
-    assert!(seen["sampling"].as_str().unwrap().contains("sampled by the test client"));
-    assert!(seen["elicitation"].as_str().unwrap().contains("Ada Lovelace"));
-    assert!(seen["roots"].as_str().unwrap().contains("file:///tmp/tern-root"));
+    assert_eq!(
+        seen["asked"],
+        serde_json::json!({"sampling": 1, "elicitation": 1, "roots": 1})
+    );
+    assert!(
+        seen["sampling"]
+            .as_str()
+            .unwrap()
+            .contains("sampled by the test client")
+    );
+    assert!(
+        seen["elicitation"]
+            .as_str()
+            .unwrap()
+            .contains("Ada Lovelace")
+    );
+    assert!(
+        seen["roots"]
+            .as_str()
+            .unwrap()
+            .contains("file:///tmp/tern-root")
+    );
     assert_eq!(seen["progress"], serde_json::json!([1.0, 2.0, 3.0, 4.0]));
     assert_eq!(seen["cancelled"], true);
-    assert_eq!(seen["echo"], true, "a large non-ASCII message did not survive verbatim");
+    assert_eq!(
+        seen["echo"], true,
+        "a large non-ASCII message did not survive verbatim"
+    );
 }
