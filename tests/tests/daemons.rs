@@ -123,6 +123,11 @@ fn status_peers_and_ping_report_the_connection_both_ways() {
     assert!(ping["data"]["rtt_ms"].as_f64().unwrap() > 0.0);
     // A reaches B through its own registry (B registered there).
     assert!(a.ternctl_json(&["ping", &b.address]).0);
+    let (ok, bench) = a.ternctl_json(&["bench", &b.address, "--bytes", "4194304"]);
+    assert!(ok, "{bench}");
+    assert_eq!(bench["data"]["bytes"], 4_194_304);
+    assert!(bench["data"]["throughput_mib_s"].as_f64().unwrap() > 0.0);
+    assert!(bench["data"]["rtt_ms"]["median"].as_f64().unwrap() > 0.0);
     let (ok, peers) = a.ternctl_json(&["peers"]);
     assert!(ok);
     let peer = &peers["data"]["peers"][0];
@@ -243,6 +248,9 @@ fn errors_say_what_is_wrong_and_what_to_do() {
     let (ok, doc) = a.ternctl_json(&["connect", "0000:0000:0001", "2000", "--message", "{}"]);
     assert!(!ok);
     assert_eq!(doc["error"]["code"], "not_found", "{doc}");
+    let completion = a.ternctl(&["completions", "bash"]);
+    assert!(completion.status.success());
+    assert!(String::from_utf8_lossy(&completion.stdout).contains("ternctl"));
     let (ok, doc) = a.ternctl_json(&["listen", "7"]);
     assert!(!ok);
     assert!(

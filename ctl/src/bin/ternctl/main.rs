@@ -1,5 +1,6 @@
 //! `ternctl`: operate a local tern node. One module per command; shared plumbing here.
 
+mod bench;
 mod connect;
 mod expose;
 mod forward;
@@ -49,6 +50,8 @@ enum Command {
     Peers,
     /// Round-trip time to a peer over a sealed control packet.
     Ping { target: String },
+    /// Throughput (through the peer's echo service) and round-trip time to a peer.
+    Bench(bench::BenchArgs),
     /// The trust list: who may open streams to this node's private ports.
     Trust {
         #[command(subcommand)]
@@ -70,6 +73,8 @@ enum Command {
         #[command(subcommand)]
         command: mcp::McpCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +94,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<Report, Failure> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "ternctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(Report {
+            data: serde_json::Value::Null,
+            text: String::new(),
+        });
+    }
     if let Command::Id = cli.command {
         let home = Home::resolve(cli.home).map_err(|e| Failure::new("no_home", e.to_string()))?;
         return id::run(&home);
@@ -98,10 +116,11 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         .map_err(|e| Failure::new("runtime", format!("cannot start the async runtime: {e}")))?;
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Id => unreachable!("handled above"),
+            Command::Id | Command::Completions { .. } => unreachable!("handled above"),
             Command::Status => status::status(&client).await,
             Command::Peers => status::peers(&client).await,
             Command::Ping { target } => ping::run(&client, &target).await,
+            Command::Bench(args) => bench::run(&client, args).await,
             Command::Trust { command } => trust::run(&client, command).await,
             Command::Connect(args) => connect::connect(&client, args).await,
             Command::Send(args) => connect::send(&client, args).await,
