@@ -113,6 +113,34 @@ impl Daemon {
         guard
     }
 
+    /// Two daemons on loopback: `a` is its own rendezvous, `b` registers with `a`.
+    pub fn pair() -> (Self, Self) {
+        let a = Self::start(&[]);
+        let b = Self::start(&["--rendezvous", &a.listen]);
+        (a, b)
+    }
+
+    /// `self` exposes `to` (a TCP address) as `port`; `from` forwards a fresh local TCP port
+    /// to it. Returns the guards and the local address to connect to.
+    pub fn expose_to(
+        &self,
+        from: &Daemon,
+        port: u16,
+        to: &str,
+        open: bool,
+    ) -> (Guard, Guard, std::net::SocketAddr) {
+        let port = port.to_string();
+        let mut args = vec!["expose", port.as_str(), "--to", to];
+        if open {
+            args.push("--open");
+        }
+        let exposed = self.serve(&args);
+        let local = free_local_addr();
+        let remote = format!("{}:{port}", self.address);
+        let forward = from.serve(&["forward", "--listen", &local.to_string(), &remote]);
+        (exposed, forward, local)
+    }
+
     /// The daemon's log so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.home.path().join("ternd.log")).unwrap_or_default()
@@ -179,4 +207,31 @@ pub fn process_group_alive(pgid: u32) -> bool {
                     .is_some_and(|pgrp| pgrp == pgid.to_string())
             })
         })
+}
+
+/// Runs a Python client from `tests/clients/` in the test venv; returns the JSON line it prints.
+pub fn python_client<S: AsRef<std::ffi::OsStr>>(
+    script: &str,
+    args: &[S],
+    context: impl Fn() -> String,
+) -> Value {
+    let out = Command::new(venv_bin("python"))
+        .arg(client_script(script))
+        .args(args)
+        .output()
+        .expect("run the Python client");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context()
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints one JSON line")
+}
+
+/// A loopback TCP address that was free a moment ago.
+pub fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
 }

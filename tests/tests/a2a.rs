@@ -5,12 +5,11 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tern_tests::{Daemon, Guard, client_script, venv_bin};
+use tern_tests::{Daemon, Guard, client_script, python_client, venv_bin};
 
 #[test]
 fn an_a2a_client_gets_blocking_and_streamed_answers_through_two_daemons() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     // One free port number, used by the agent on 127.0.0.2 and by the forward on 127.0.0.1.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -39,17 +38,8 @@ fn an_a2a_client_gets_blocking_and_streamed_answers_through_two_daemons() {
         &format!("{}:5000", a.address),
     ]);
 
-    let out = Command::new(venv_bin("python"))
-        .arg(client_script("a2a_counter_client.py"))
-        .args([&format!("http://127.0.0.1:{port}/"), "4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "A2A client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let seen = python_client("a2a_counter_client.py", &[&url, "4"], || b.log());
 
     let blocking = seen["blocking"].as_array().unwrap();
     let last = blocking.last().unwrap();

@@ -52,8 +52,7 @@ fn echo_service() -> u16 {
 
 #[test]
 fn a_message_reaches_an_exposed_service_once_trusted_and_is_refused_before() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let service = json_rpc_service();
     let _exposed = a.serve(&["expose", "2000", "--to", &format!("127.0.0.1:{service}")]);
     let message = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
@@ -103,8 +102,7 @@ fn a_message_reaches_an_exposed_service_once_trusted_and_is_refused_before() {
 
 #[test]
 fn status_peers_and_ping_report_the_connection_both_ways() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let (_, status) = b.ternctl_json(&["status"]);
     // Registration happens right after start; give it a moment.
     for _ in 0..100 {
@@ -141,20 +139,9 @@ fn status_peers_and_ping_report_the_connection_both_ways() {
 
 #[test]
 fn forward_and_expose_carry_a_large_payload_byte_exact_over_many_connections() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let echo = echo_service();
-    let _exposed = a.serve(&["expose", "3000", "--open", "--to", &echo.to_string()]);
-    let local = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _forward = b.serve(&[
-        "forward",
-        "--listen",
-        &local.to_string(),
-        &format!("{}:3000", a.address),
-    ]);
+    let (_exposed, _forward, local) = a.expose_to(&b, 3000, &echo.to_string(), true);
 
     let payload: Vec<u8> = (0..5 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -185,8 +172,7 @@ fn forward_and_expose_carry_a_large_payload_byte_exact_over_many_connections() {
 
 #[test]
 fn connect_pipes_stdin_to_a_listener_and_half_closes() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let mut listen = a.serve(&["listen", "4000", "--open"]);
     let mut connect = Command::new(binary("ternctl"))
         .args([
@@ -265,8 +251,7 @@ fn errors_say_what_is_wrong_and_what_to_do() {
 #[test]
 fn a_tcp_reset_crosses_forward_and_expose_as_a_reset_not_a_close() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // The service reads one byte, then either resets (first connection) or reports how the
     // client's end of the connection arrived (second connection).
@@ -288,17 +273,7 @@ fn a_tcp_reset_crosses_forward_and_expose_as_a_reset_not_a_close() {
             .send(matches!(end, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset))
             .unwrap();
     });
-    let _exposed = a.serve(&["expose", "3100", "--open", "--to", &service.to_string()]);
-    let local = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let _forward = b.serve(&[
-        "forward",
-        "--listen",
-        &local.to_string(),
-        &format!("{}:3100", a.address),
-    ]);
+    let (_exposed, _forward, local) = a.expose_to(&b, 3100, &service.to_string(), true);
 
     runtime.block_on(async {
         // Service → client.
@@ -329,8 +304,7 @@ fn a_tcp_reset_crosses_forward_and_expose_as_a_reset_not_a_close() {
 
 #[test]
 fn datagrams_reach_a_listening_client_and_private_ports_drop_untrusted_ones() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let client_a = tern_ctl::Client::for_home(Some(a.home.path().to_path_buf())).unwrap();

@@ -5,35 +5,32 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tern_tests::{Daemon, binary, client_script, process_group_alive, venv_bin};
+use tern_tests::{Daemon, binary, process_group_alive, python_client, venv_bin};
+
+/// Arguments of the Python MCP clients: ternctl, the client node's home, server address, name.
+fn mcp_client_args(client: &Daemon, server: &Daemon, name: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        binary("ternctl").into(),
+        client.home.path().into(),
+        server.address.clone().into(),
+        name.into(),
+    ]
+}
 
 #[test]
 fn the_python_sdk_client_calls_mcp_server_time_through_two_daemons() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let server = venv_bin("mcp-server-time");
     let _exposed = a.serve(&["mcp", "expose", "time", "--", server.to_str().unwrap()]);
     a.ternctl(&["trust", "add", &b.address]);
 
     for _ in 0..2 {
         // Each session gets a fresh server process; run two to show that.
-        let out = Command::new(venv_bin("python"))
-            .arg(client_script("mcp_time_client.py"))
-            .args([
-                binary("ternctl").to_str().unwrap(),
-                b.home.path().to_str().unwrap(),
-                &a.address,
-                "time",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "client failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            a.log()
+        let seen = python_client(
+            "mcp_time_client.py",
+            &mcp_client_args(&b, &a, "time"),
+            || a.log(),
         );
-        let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(
             seen["tools"],
             serde_json::json!(["convert_time", "get_current_time"])
@@ -46,8 +43,7 @@ fn the_python_sdk_client_calls_mcp_server_time_through_two_daemons() {
 
 #[test]
 fn a_server_that_dies_mid_call_fails_the_client_and_leaves_no_process_behind() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let pid_file = a.home.path().join("server.pgid");
     let script = format!(
         "echo $$ > {}; sleep 300 & read line; echo partial; exit 3",
@@ -102,8 +98,7 @@ fn a_server_that_dies_mid_call_fails_the_client_and_leaves_no_process_behind() {
 
 #[test]
 fn server_to_client_requests_progress_and_cancellation_cross_the_overlay() {
-    let a = Daemon::start(&[]);
-    let b = Daemon::start(&["--rendezvous", &a.listen]);
+    let (a, b) = Daemon::pair();
     let server = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(
@@ -122,23 +117,11 @@ fn server_to_client_requests_progress_and_cancellation_cross_the_overlay() {
     ]);
     a.ternctl(&["trust", "add", &b.address]);
 
-    let out = Command::new(venv_bin("python"))
-        .arg(client_script("mcp_everything_client.py"))
-        .args([
-            binary("ternctl").to_str().unwrap(),
-            b.home.path().to_str().unwrap(),
-            &a.address,
-            "everything",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        a.log()
+    let seen = python_client(
+        "mcp_everything_client.py",
+        &mcp_client_args(&b, &a, "everything"),
+        || a.log(),
     );
-    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         seen["asked"],
         serde_json::json!({"sampling": 1, "elicitation": 1, "roots": 1})
