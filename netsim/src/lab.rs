@@ -75,6 +75,45 @@ impl Lab {
         Ok(ns)
     }
 
+    /// A veth pair from `host` (end named `name`, given `cidr`) to a bridge in `switch`.
+    pub fn plug(
+        &mut self,
+        switch: &Namespace,
+        bridge: &str,
+        host: &Namespace,
+        name: &str,
+        cidr: &str,
+    ) -> Result<(), LabError> {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let (end_host, end_switch) = (
+            format!("t{:x}x{id}h", std::process::id()),
+            format!("t{:x}x{id}s", std::process::id()),
+        );
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &end_host,
+                "netns",
+                &host.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &end_switch,
+                "netns",
+                &switch.name,
+            ],
+        )?;
+        switch.ip(&["link", "set", &end_switch, "master", bridge])?;
+        switch.ip(&["link", "set", &end_switch, "up"])?;
+        host.ip(&["link", "set", &end_host, "name", name])?;
+        host.ip(&["addr", "add", cidr, "dev", name])?;
+        host.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// A veth pair between two namespaces, each end given an address (`ip/prefix`) and set up.
     pub fn link(
         &mut self,
@@ -165,6 +204,42 @@ impl Namespace {
                 .join()
                 .expect("a lab closure panicked")
         })
+    }
+
+    /// Runs a shell script inside this namespace (for sysctl writes and the like).
+    pub fn sh(&self, script: &str) -> Result<Output, LabError> {
+        run("ip", &["netns", "exec", &self.name, "sh", "-c", script])
+    }
+
+    /// Loads an nftables rule set into this namespace.
+    pub fn nft(&self, rules: &str) -> Result<(), LabError> {
+        use std::io::Write;
+        let command = format!("ip netns exec {} nft -f -", self.name);
+        let spawn_err = |source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        };
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(rules.as_bytes())
+            .map_err(spawn_err)?;
+        let output = child.wait_with_output().map_err(spawn_err)?;
+        if !output.status.success() {
+            return Err(LabError::Failed {
+                command: format!("{command} (is nftables installed?)"),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
     }
 
     /// A UDP socket bound inside this namespace.

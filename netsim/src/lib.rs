@@ -4,4 +4,5 @@
 //! matrix) nftables rules, and removes everything it made by id, even when a test fails. The
 //! in-process simulator (simulated sockets, NAT models, paused clock) joins it later.
 
+pub mod internet;
 pub mod lab;

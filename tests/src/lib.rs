@@ -47,12 +47,26 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `ternd --home H --listen 127.0.0.1:0 ARGS…` and waits until `ternctl status` answers.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_in(None, "127.0.0.1:0", args)
+    }
+
+    /// Starts ternd inside a lab namespace (or here), listening on `listen`. Its local API
+    /// socket is a file, so `ternctl` reaches it from outside the namespace.
+    pub fn start_in(
+        namespace: Option<&tern_netsim::lab::Namespace>,
+        listen: &str,
+        args: &[&str],
+    ) -> Self {
         let home = tempfile::tempdir().expect("temp home");
         let log = std::fs::File::create(home.path().join("ternd.log")).expect("log file");
-        let child = Command::new(binary("ternd"))
+        let mut command = match namespace {
+            Some(ns) => ns.command(binary("ternd")),
+            None => Command::new(binary("ternd")),
+        };
+        let child = command
             .arg("--home")
             .arg(home.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
@@ -111,6 +125,19 @@ impl Daemon {
         // Keep draining stderr so the child never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         guard
+    }
+
+    /// Waits until the daemon reports it registered with its rendezvous.
+    pub fn wait_registered(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ternctl_json(&["status"]).1["data"]["registered"] != true {
+            assert!(
+                Instant::now() < deadline,
+                "never registered:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Two daemons on loopback: `a` is its own rendezvous, `b` registers with `a`.
