@@ -18,7 +18,9 @@ use crate::node::{
     Access, Datagram, DatagramError, DialError, Listener, Node, NodeError, OverlayStream,
     ProbeError,
 };
-use crate::rendezvous::{self, RECORD_LIFETIME, REFRESH_INTERVAL, Registry, unix_now};
+use crate::rendezvous::{
+    self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, Registry, unix_now,
+};
 use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
 use crate::trust::{TRUST_FILE, TrustError, TrustStore};
@@ -188,15 +190,16 @@ impl Daemon {
         self.node.secret_identity()
     }
 
-    /// Candidate UDP endpoints of `target`, from this node's registry and its rendezvous servers.
-    async fn find(&self, target: Address) -> Result<Vec<SocketAddr>, DaemonError> {
+    /// `target`'s record, from this node's registry or one of its rendezvous servers (which
+    /// is returned too: it can introduce us).
+    async fn find(&self, target: Address) -> Result<(Record, Option<Address>), DaemonError> {
         if let Some(record) = self
             .registry
             .lock()
             .expect("registry lock")
             .lookup(unix_now(), target)
         {
-            return Ok(record.endpoints.clone());
+            return Ok((record.clone(), None));
         }
         let servers: Vec<Address> = self
             .servers
@@ -208,7 +211,7 @@ impl Daemon {
         let mut errors = Vec::new();
         for server in servers {
             match rendezvous::lookup(&self.node, server, target).await {
-                Ok(Some(record)) => return Ok(record.endpoints),
+                Ok(Some(record)) => return Ok((record, Some(server))),
                 Ok(None) => {}
                 Err(e) => errors.push(format!("rendezvous {server}: {e}")),
             }
@@ -223,7 +226,10 @@ impl Daemon {
         }
     }
 
-    /// A verified connection to `target`, found through the rendezvous if need be.
+    /// A verified connection to `target`, found through the rendezvous if need be. Punches
+    /// first: the rendezvous that knows the target introduces us, both sides probe each
+    /// other's endpoints from their one socket, and QUIC goes to the endpoint that answered.
+    /// Plain dials to each endpoint are the fallback (peers that do not know us yet).
     pub async fn ensure_connected(&self, target: Address) -> Result<(), DaemonError> {
         if target == self.node.address() {
             return Err(DaemonError::Unreachable {
@@ -234,9 +240,25 @@ impl Daemon {
         if self.node.is_connected(target) {
             return Ok(());
         }
-        let endpoints = self.find(target).await?;
+        let (record, via) = self.find(target).await?;
+        self.node.learn(&record.identity);
+        let introduction = async {
+            match via {
+                Some(server) => {
+                    rendezvous::request_introduction(&self.node, server, target, self.own_record())
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let probing = self.node.probe(target, &record.endpoints, PUNCH_WINDOW);
+        let (introduced, answered) = tokio::join!(introduction, probing);
+        if let Err(e) = introduced {
+            tracing::debug!(peer = %target, error = %e, "no introduction");
+        }
         let mut errors = Vec::new();
-        for endpoint in endpoints {
+        let candidates = answered.into_iter().chain(record.endpoints.iter().copied());
+        for endpoint in candidates {
             match self.node.connect(target, endpoint).await {
                 Ok(()) => return Ok(()),
                 Err(e) => errors.push(e.to_string()),

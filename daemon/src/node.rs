@@ -281,16 +281,25 @@ struct PortSenders {
 
 struct Peer {
     connection: quinn::Connection,
-    keys: Arc<ControlKeys>,
-    replay: ReplayWindow,
     since: SystemTime,
 }
+
+/// A verified identity this node may exchange sealed control packets with: a connected peer,
+/// or one it is about to punch a hole to.
+struct Known {
+    keys: Arc<ControlKeys>,
+    replay: ReplayWindow,
+}
+
+/// Identities kept for sealed control packets; the oldest-learned unconnected go first.
+const MAX_KNOWN: usize = 4096;
 
 #[derive(Default)]
 struct State {
     peers: HashMap<Address, Peer>,
     ports: HashMap<u16, PortSenders>,
     trusted: std::collections::HashSet<Address>,
+    known: HashMap<Address, Known>,
     pings: HashMap<u64, oneshot::Sender<SocketAddr>>,
     stun: HashMap<stun::TransactionId, oneshot::Sender<SocketAddr>>,
     next_ephemeral_port: u16,
@@ -318,6 +327,25 @@ impl State {
             return Err(StreamStatus::NotTrusted);
         }
         Ok(queue(entry).clone())
+    }
+
+    fn learn(&mut self, me: &SecretIdentity, peer: &PublicIdentity) {
+        if self.known.contains_key(&peer.address()) {
+            return;
+        }
+        if self.known.len() >= MAX_KNOWN {
+            let peers = &self.peers;
+            if let Some(stale) = self.known.keys().find(|a| !peers.contains_key(a)).copied() {
+                self.known.remove(&stale);
+            }
+        }
+        self.known.insert(
+            peer.address(),
+            Known {
+                keys: Arc::new(ControlKeys::new(me, peer)),
+                replay: ReplayWindow::default(),
+            },
+        );
     }
 
     fn live_connection(&self, peer: Address) -> Option<quinn::Connection> {
@@ -602,24 +630,50 @@ impl Node {
             })
     }
 
-    /// Round trip of a sealed control ping to a connected peer, on its current path or at `at`.
+    /// Lets this node exchange sealed control packets (probes) with `peer` before any
+    /// connection exists: the identity comes from a verified record.
+    pub fn learn(&self, peer: &PublicIdentity) {
+        self.shared.state().learn(&self.shared.identity, peer);
+    }
+
+    /// Round trip of a sealed control ping to a known peer, on its current path or at `at`.
     pub async fn ping(
         &self,
         peer: Address,
         at: Option<SocketAddr>,
     ) -> Result<Duration, ProbeError> {
+        self.ping_within(peer, at, PROBE_TIMEOUT).await
+    }
+
+    async fn ping_within(
+        &self,
+        peer: Address,
+        at: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Duration, ProbeError> {
         let shared = &self.shared;
         let (packet, to, txid, answer) = {
             let mut state = shared.state();
-            let entry = state
-                .peers
+            let keys = state
+                .known
                 .get(&peer)
+                .map(|k| k.keys.clone())
                 .ok_or(ProbeError::UnknownPeer(peer))?;
-            let keys = entry.keys.clone();
-            // Ask quinn first: its driver holds its own lock while it takes the path lock.
-            let synthetic = entry.connection.remote_address();
-            let current = shared.socket.paths().real_for(&synthetic);
-            let to = at.or(current).ok_or(ProbeError::UnknownPeer(peer))?;
+            let to = match at {
+                Some(at) => at,
+                None => {
+                    // Ask quinn first: its driver holds its own lock while it takes the path lock.
+                    let synthetic = state
+                        .live_connection(peer)
+                        .ok_or(ProbeError::UnknownPeer(peer))?
+                        .remote_address();
+                    shared
+                        .socket
+                        .paths()
+                        .real_for(&synthetic)
+                        .ok_or(ProbeError::UnknownPeer(peer))?
+                }
+            };
             state.next_txid += 1;
             let txid = state.next_txid;
             let (tx, rx) = oneshot::channel();
@@ -637,7 +691,7 @@ impl Node {
             )
         };
         let started = Instant::now();
-        let outcome = with_timeout(PROBE_TIMEOUT, async {
+        let outcome = with_timeout(timeout, async {
             shared
                 .socket
                 .send_raw(to, &packet)
@@ -648,6 +702,43 @@ impl Node {
         .await;
         shared.state().pings.remove(&txid);
         outcome.map(|_| started.elapsed())
+    }
+
+    /// Hole punching: pings every candidate endpoint of a known peer, again and again from
+    /// this node's one socket, until one answers or `within` passes. Each ping also opens this
+    /// side's NAT towards that endpoint; the peer does the same towards us at the same time.
+    /// Returns the first endpoint that answered.
+    pub async fn probe(
+        &self,
+        peer: Address,
+        candidates: &[SocketAddr],
+        within: Duration,
+    ) -> Option<SocketAddr> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut probes = tokio::task::JoinSet::new();
+        for &candidate in candidates.iter().take(tern_proto::record::MAX_ENDPOINTS) {
+            let node = self.clone();
+            probes.spawn(async move {
+                while tokio::time::Instant::now() < deadline {
+                    match node
+                        .ping_within(peer, Some(candidate), PROBE_INTERVAL)
+                        .await
+                    {
+                        Ok(_) => return Some(candidate),
+                        Err(ProbeError::Timeout(_)) => {}
+                        // Unreachable from here (no route, say): do not spin on it.
+                        Err(_) => tokio::time::sleep(PROBE_INTERVAL).await,
+                    }
+                }
+                None
+            });
+        }
+        while let Some(done) = probes.join_next().await {
+            if let Ok(Some(candidate)) = done {
+                return Some(candidate);
+            }
+        }
+        None
     }
 
     /// Asks a STUN server which address this node's socket appears from.
@@ -706,6 +797,8 @@ impl Node {
 
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often hole punching re-sends a probe to each candidate endpoint.
+const PROBE_INTERVAL: Duration = Duration::from_millis(150);
 
 async fn with_timeout<T>(
     timeout: Duration,
@@ -737,12 +830,11 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
                 address,
                 Peer {
                     connection: connection.clone(),
-                    keys: Arc::new(ControlKeys::new(&shared.identity, &peer)),
-                    replay: ReplayWindow::default(),
                     since: SystemTime::now(),
                 },
             );
         }
+        state.learn(&shared.identity, &peer);
     }
     tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");
     tokio::spawn(serve_datagrams(
@@ -926,9 +1018,9 @@ fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
 fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
     let (from, _) = peek_addresses(&packet.data).ok()?;
     let mut state = shared.state();
-    let peer = state.peers.get_mut(&from)?;
-    let keys = peer.keys.clone();
-    let message = match keys.open(&packet.data, &mut peer.replay) {
+    let known = state.known.get_mut(&from)?;
+    let keys = known.keys.clone();
+    let message = match keys.open(&packet.data, &mut known.replay) {
         Ok(message) => message,
         Err(e) => {
             tracing::debug!(%from, error = %e, "control packet refused");
@@ -950,9 +1042,9 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
                 },
             ))
         }
-        ControlMessage::Pong { txid, observed } => {
+        ControlMessage::Pong { txid, .. } => {
             if let Some(waiter) = state.pings.remove(&txid) {
-                let _ = waiter.send(observed);
+                let _ = waiter.send(packet.from);
             }
             None
         }

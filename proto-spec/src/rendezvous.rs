@@ -3,13 +3,19 @@
 //! answer and finishes.
 //!
 //! ```text
-//! request: 0x01 Register | record length u16 | record        (record: crate::record)
-//!          0x02 Lookup   | address (6)
+//! request: 0x01 Register  | record length u16 | record       (record: crate::record)
+//!          0x02 Lookup    | address (6)
+//!          0x03 Introduce | target address (6) | record length u16 | the asker's record
 //! answer:  0x00 Registered | observed socket address (the asker's address as seen by the server)
 //!          0x01 Found      | record length u16 | record
 //!          0x02 NotFound
 //!          0x03 Refused    | reason length u16 | reason (UTF-8)
+//!          0x04 Introduced
 //! ```
+//! `Introduce` asks the server to pass the asker's record to `target` over the target's own
+//! connection, so that both start probing each other's endpoints at once (hole punching). A
+//! node that receives `Introduce` naming itself as target starts probing the record's
+//! endpoints.
 
 use crate::address::Address;
 use crate::record::{MAX_RECORD_LEN, Record, RecordError};
@@ -24,6 +30,10 @@ pub const MAX_MESSAGE_LEN: usize = 1024;
 pub enum Request {
     Register(Box<Record>),
     Lookup(Address),
+    Introduce {
+        target: Address,
+        record: Box<Record>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +42,7 @@ pub enum Answer {
     Found(Box<Record>),
     NotFound,
     Refused(String),
+    Introduced,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +93,11 @@ impl Request {
                 out.push(0x02);
                 out.extend_from_slice(&address.to_bytes());
             }
+            Self::Introduce { target, record } => {
+                out.push(0x03);
+                out.extend_from_slice(&target.to_bytes());
+                put_blob(&mut out, record.as_bytes());
+            }
         }
         out
     }
@@ -91,6 +107,10 @@ impl Request {
         let request = match r.u8("request type")? {
             0x01 => Self::Register(read_record(&mut r)?),
             0x02 => Self::Lookup(Address::from_bytes(r.array("address")?)),
+            0x03 => Self::Introduce {
+                target: Address::from_bytes(r.array("target address")?),
+                record: read_record(&mut r)?,
+            },
             other => {
                 return Err(DecodeError::Invalid {
                     what: "request type",
@@ -122,6 +142,7 @@ impl Answer {
                 let reason: String = reason.chars().take(200).collect();
                 put_blob(&mut out, reason.as_bytes());
             }
+            Self::Introduced => out.push(0x04),
         }
         out
     }
@@ -134,6 +155,7 @@ impl Answer {
             },
             0x01 => Self::Found(read_record(&mut r)?),
             0x02 => Self::NotFound,
+            0x04 => Self::Introduced,
             0x03 => Self::Refused(
                 String::from_utf8_lossy(read_blob(&mut r, MAX_MESSAGE_LEN, "reason")?).into_owned(),
             ),
@@ -163,6 +185,10 @@ mod tests {
         for request in [
             Request::Register(Box::new(record.clone())),
             Request::Lookup(me.address()),
+            Request::Introduce {
+                target: me.address(),
+                record: Box::new(record.clone()),
+            },
         ] {
             assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         }
@@ -173,6 +199,7 @@ mod tests {
             Answer::Found(Box::new(record)),
             Answer::NotFound,
             Answer::Refused("stale seq".into()),
+            Answer::Introduced,
         ] {
             assert!(answer.encode().len() <= MAX_MESSAGE_LEN);
             assert_eq!(Answer::decode(&answer.encode()).unwrap(), answer);

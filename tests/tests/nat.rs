@@ -42,3 +42,62 @@ fn a_node_behind_a_home_nat_registers_through_it_and_is_reached_over_its_connect
     let (ok, bench) = r.ternctl_json(&["bench", &b.address, "--bytes", "1048576"]);
     assert!(ok, "{bench}");
 }
+
+/// Both agents behind NATs with endpoint-independent mapping: the rendezvous introduces them,
+/// both punch, and the connection is direct, through both NATs.
+#[test]
+fn agents_behind_two_nats_punch_through_and_talk_directly() {
+    let mut net = Internet::new().unwrap();
+    let public = net.public_host("rendezvous").unwrap();
+    let rendezvous_at = format!("{}:7440", public.address);
+    let _r = Daemon::start_in(Some(&public.namespace), &rendezvous_at, &[]);
+    let pairs = [
+        (NatKind::HomeRouter, NatKind::HomeRouter),
+        (NatKind::FullCone, NatKind::HomeRouter),
+        (NatKind::CarrierGrade, NatKind::HomeRouter),
+    ];
+    for (i, (kind_a, kind_b)) in pairs.into_iter().enumerate() {
+        let (inside_a, _) = net.behind_nat(&format!("a{i}"), kind_a).unwrap();
+        let (inside_b, router_b) = net.behind_nat(&format!("b{i}"), kind_b).unwrap();
+        let args = ["--rendezvous", rendezvous_at.as_str()];
+        let a = Daemon::start_in(Some(&inside_a.namespace), "0.0.0.0:7440", &args);
+        let b = Daemon::start_in(Some(&inside_b.namespace), "0.0.0.0:7440", &args);
+        a.wait_registered();
+        b.wait_registered();
+
+        let (ok, ping) = a.ternctl_json(&["ping", &b.address]);
+        assert!(
+            ok,
+            "{kind_a:?} -> {kind_b:?}: {ping}\n--- a ---\n{}\n--- b ---\n{}",
+            a.log(),
+            b.log()
+        );
+        let (_, peers) = a.ternctl_json(&["peers"]);
+        let to_b = peers["data"]["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["address"] == b.address.as_str())
+            .unwrap_or_else(|| panic!("{kind_a:?} -> {kind_b:?}: no connection to b in {peers}"))
+            .clone();
+        assert!(
+            to_b["remote"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}:", router_b.public)),
+            "{kind_a:?} -> {kind_b:?}: not direct through b's NAT: {to_b}"
+        );
+        // And a stream both ways over it: B serves, A sends a message; then the reverse.
+        let _served = b.serve(&["listen", "4000", "--open"]);
+        let out = a.ternctl(&["connect", &b.address, "4000"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            b.ternctl_json(&["ping", &a.address]).0,
+            "{kind_b:?} -> {kind_a:?}"
+        );
+    }
+}

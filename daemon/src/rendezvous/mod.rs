@@ -22,6 +22,8 @@ pub use registry::Registry;
 /// How long a record is valid; owners refresh well before.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(300);
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How long the introduced side keeps probing the asker's endpoints.
+pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn unix_now() -> u64 {
@@ -83,6 +85,7 @@ async fn answer(
                 .lookup(unix_now(), address)
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
+        Ok(Request::Introduce { target, record }) => introduce(node, peer, target, *record).await,
         Ok(Request::Register(record)) => {
             let outcome = registry
                 .lock()
@@ -103,6 +106,57 @@ async fn answer(
     let _ = stream.send.finish();
     let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.send.stopped()).await;
     Ok(())
+}
+
+/// Passes the asker's record on to `target`, or, when this node is the target, starts
+/// probing the record's endpoints so that both NATs open towards each other. A rendezvous
+/// forwards only the asker's own record; the target accepts any record (it is signed) from
+/// the rendezvous that forwarded it. Probing is bounded in count and time either way.
+async fn introduce(node: &Node, asker: Address, target: Address, record: Record) -> Answer {
+    let peer = record.address();
+    if target == node.address() {
+        node.learn(&record.identity);
+        let (node, endpoints) = (node.clone(), record.endpoints.clone());
+        tokio::spawn(async move {
+            let answered = node.probe(peer, &endpoints, PUNCH_WINDOW).await;
+            tracing::debug!(%peer, ?answered, "punched towards an introduced peer");
+        });
+        return Answer::Introduced;
+    }
+    if peer != asker {
+        return Answer::Refused("an introduction must carry the asker's own record".into());
+    }
+    if !node.is_connected(target) {
+        return Answer::NotFound;
+    }
+    let forwarded = Request::Introduce {
+        target,
+        record: Box::new(record),
+    };
+    ask(node, target, &forwarded)
+        .await
+        .unwrap_or_else(|e| Answer::Refused(e.to_string()))
+}
+
+/// Asks `server` to introduce this node to `target` (see [`Request::Introduce`]).
+pub async fn request_introduction(
+    node: &Node,
+    server: Address,
+    target: Address,
+    own: Record,
+) -> Result<(), RendezvousError> {
+    let request = Request::Introduce {
+        target,
+        record: Box::new(own),
+    };
+    match ask(node, server, &request).await? {
+        Answer::Introduced => Ok(()),
+        Answer::NotFound => Err(RendezvousError::Refused(format!(
+            "{target} is not connected to it"
+        ))),
+        Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
+        other => Err(RendezvousError::Unexpected(Box::new(other), "introduce")),
+    }
 }
 
 /// One request to a connected rendezvous, one answer.
