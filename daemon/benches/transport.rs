@@ -134,8 +134,12 @@ async fn handshakes(
 ) -> (Vec<Duration>, Duration) {
     let quic = Arc::new(TransportConfig::default().quic());
     let tls = handshake::tls_configs(me, quic);
-    let (socket, _diverted, _) =
-        DemuxSocket::new(UdpSocket::bind("127.0.0.1:0").expect("bind"), 8 << 20).expect("socket");
+    let (socket, _diverted, _) = DemuxSocket::new(
+        UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        8 << 20,
+        me.address(),
+    )
+    .expect("socket");
     let mut config = quinn::EndpointConfig::default();
     config.grease_quic_bit(false);
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -145,7 +149,11 @@ async fn handshakes(
         Arc::new(quinn::TokioRuntime),
     )
     .expect("endpoint");
-    let target = socket.paths().synthetic_for(server.local_addr());
+    let target = socket
+        .paths()
+        .synthetic_for(tern_daemon::transport::paths::Route::Direct(
+            server.local_addr(),
+        ));
     let peer = server.address();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel));
     let start = Instant::now();

@@ -229,7 +229,8 @@ impl Daemon {
     /// A verified connection to `target`, found through the rendezvous if need be. Punches
     /// first: the rendezvous that knows the target introduces us, both sides probe each
     /// other's endpoints from their one socket, and QUIC goes to the endpoint that answered.
-    /// Plain dials to each endpoint are the fallback (peers that do not know us yet).
+    /// Plain dials to each endpoint come next (peers that do not know us yet), and last the
+    /// rendezvous relays the QUIC packets (no common direct path, e.g. symmetric NATs).
     pub async fn ensure_connected(&self, target: Address) -> Result<(), DaemonError> {
         if target == self.node.address() {
             return Err(DaemonError::Unreachable {
@@ -253,15 +254,33 @@ impl Daemon {
         };
         let probing = self.node.probe(target, &record.endpoints, PUNCH_WINDOW);
         let (introduced, answered) = tokio::join!(introduction, probing);
-        if let Err(e) = introduced {
+        if let Err(e) = &introduced {
             tracing::debug!(peer = %target, error = %e, "no introduction");
         }
         let mut errors = Vec::new();
-        let candidates = answered.into_iter().chain(record.endpoints.iter().copied());
-        for endpoint in candidates {
+        // After an introduction that no probe answered, plain dials would only time out:
+        // neither NAT lets the other in. Go to the relay.
+        let punch_failed = introduced.is_ok() && via.is_some() && answered.is_none();
+        let plain = if punch_failed {
+            Vec::new()
+        } else {
+            record.endpoints.clone()
+        };
+        for endpoint in answered.into_iter().chain(plain) {
             match self.node.connect(target, endpoint).await {
                 Ok(()) => return Ok(()),
                 Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if let Some(server) = via
+            && let Some(relay) = self.node.remote_of(server)
+        {
+            match self.node.connect_via_relay(target, relay).await {
+                Ok(()) => {
+                    tracing::info!(peer = %target, %relay, "connected through the relay");
+                    return Ok(());
+                }
+                Err(e) => errors.push(format!("through the relay: {e}")),
             }
         }
         Err(DaemonError::Unreachable {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tern_proto::control::{ControlKeys, ControlMessage, Counter, ReplayWindow, peek_addresses};
-use tern_proto::packet::{PacketKind, TernType};
+use tern_proto::packet::{PacketKind, RelayHeader, TernType};
 use tern_proto::stream::{
     DATAGRAM_HEADER_LEN, PREAMBLE_LEN, Preamble, StreamStatus, decode_datagram,
     encode_datagram_header,
@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::transport::handshake::{self, HandshakeError, Verified};
+use crate::transport::paths::Route;
 use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted};
 use crate::transport::stun;
 
@@ -94,7 +95,7 @@ pub enum DialError {
     #[error("handshake with {peer} at {at} failed: {source}")]
     Handshake {
         peer: Address,
-        at: SocketAddr,
+        at: Route,
         source: HandshakeError,
     },
     #[error(
@@ -103,7 +104,7 @@ pub enum DialError {
     )]
     Timeout {
         peer: Address,
-        at: SocketAddr,
+        at: Route,
         timeout: Duration,
     },
     #[error("not connected to {0}: dial it first")]
@@ -162,13 +163,15 @@ pub enum ProbeError {
     Send(#[source] std::io::Error),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("the path is relayed; control packets do not cross relays")]
+    Relayed,
 }
 
 /// What the node knows about a connected peer, for `peers` and `status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerInfo {
     pub address: Address,
-    /// `direct` for now; `lan` and `relay` arrive with NAT traversal.
+    /// `direct`, or `relay` when packets go through a relay.
     pub path: &'static str,
     pub remote: SocketAddr,
     pub rtt_ms: f64,
@@ -397,7 +400,8 @@ impl Node {
     ) -> Result<Self, NodeError> {
         socket.set_nonblocking(true).map_err(NodeError::Socket)?;
         let (demux, diverted, buffer_sizes) =
-            DemuxSocket::new(socket, config.socket_buffer_bytes).map_err(NodeError::Socket)?;
+            DemuxSocket::new(socket, config.socket_buffer_bytes, identity.address())
+                .map_err(NodeError::Socket)?;
         let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
         let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
         let mut endpoint_config = quinn::EndpointConfig::default();
@@ -488,16 +492,31 @@ impl Node {
         if shared.state().live_connection(peer).is_some() {
             return Ok(());
         }
-        self.dial(Some(peer), at).await.map(|_| ())
+        self.dial(Some(peer), Route::Direct(at)).await.map(|_| ())
+    }
+
+    /// Connects to `peer` through the relay at `relay` (a node both are connected to), for
+    /// when no direct path could be punched.
+    pub async fn connect_via_relay(
+        &self,
+        peer: Address,
+        relay: SocketAddr,
+    ) -> Result<(), DialError> {
+        if self.is_connected(peer) {
+            return Ok(());
+        }
+        self.dial(Some(peer), Route::Relay { relay, peer })
+            .await
+            .map(|_| ())
     }
 
     /// Connects to whichever node answers at `at` (a rendezvous known only by its UDP
     /// address) and returns its verified address.
     pub async fn connect_any(&self, at: SocketAddr) -> Result<Address, DialError> {
-        self.dial(None, at).await
+        self.dial(None, Route::Direct(at)).await
     }
 
-    async fn dial(&self, expected: Option<Address>, at: SocketAddr) -> Result<Address, DialError> {
+    async fn dial(&self, expected: Option<Address>, at: Route) -> Result<Address, DialError> {
         let shared = &self.shared;
         let peer = expected.unwrap_or(Address::from_bytes([0; 6]));
         let synthetic = shared.socket.paths().synthetic_for(at);
@@ -522,10 +541,9 @@ impl Node {
         Ok(address)
     }
 
-    /// The real UDP address a connected peer is reached at now.
+    /// The UDP address a connected peer is reached at directly (`None` over a relay).
     pub fn remote_of(&self, peer: Address) -> Option<SocketAddr> {
-        let synthetic = self.shared.state().live_connection(peer)?.remote_address();
-        self.shared.socket.paths().real_for(&synthetic)
+        direct_address(&self.shared, peer)
     }
 
     /// Whether a verified connection to `peer` is up.
@@ -636,13 +654,23 @@ impl Node {
         self.shared.state().learn(&self.shared.identity, peer);
     }
 
-    /// Round trip of a sealed control ping to a known peer, on its current path or at `at`.
+    /// Round trip of a sealed control ping to a known peer, on its current path or at `at`;
+    /// over a relayed path, QUIC's own round-trip estimate.
     pub async fn ping(
         &self,
         peer: Address,
         at: Option<SocketAddr>,
     ) -> Result<Duration, ProbeError> {
-        self.ping_within(peer, at, PROBE_TIMEOUT).await
+        match self.ping_within(peer, at, PROBE_TIMEOUT).await {
+            // Control packets do not cross relays: QUIC's own round-trip estimate instead.
+            Err(ProbeError::Relayed) => self
+                .shared
+                .state()
+                .live_connection(peer)
+                .map(|c| c.rtt())
+                .ok_or(ProbeError::UnknownPeer(peer)),
+            other => other,
+        }
     }
 
     async fn ping_within(
@@ -667,11 +695,12 @@ impl Node {
                         .live_connection(peer)
                         .ok_or(ProbeError::UnknownPeer(peer))?
                         .remote_address();
-                    shared
-                        .socket
-                        .paths()
-                        .real_for(&synthetic)
-                        .ok_or(ProbeError::UnknownPeer(peer))?
+                    match shared.socket.paths().route_for(&synthetic) {
+                        Some(Route::Direct(real)) => real,
+                        // Control packets do not cross relays; the caller asks QUIC instead.
+                        Some(Route::Relay { .. }) => return Err(ProbeError::Relayed),
+                        None => return Err(ProbeError::UnknownPeer(peer)),
+                    }
                 }
             };
             state.next_txid += 1;
@@ -769,10 +798,14 @@ impl Node {
                 let stats = p.connection.stats();
                 // Never hold the path lock while calling into quinn (see `ping`).
                 let synthetic = p.connection.remote_address();
+                let (path, remote) = match self.shared.socket.paths().route_for(&synthetic)? {
+                    Route::Direct(real) => ("direct", real),
+                    Route::Relay { relay, .. } => ("relay", relay),
+                };
                 Some(PeerInfo {
                     address: *address,
-                    path: "direct",
-                    remote: self.shared.socket.paths().real_for(&synthetic)?,
+                    path,
+                    remote,
                     rtt_ms: p.connection.rtt().as_secs_f64() * 1000.0,
                     bytes_sent: stats.udp_tx.bytes,
                     bytes_received: stats.udp_rx.bytes,
@@ -993,16 +1026,42 @@ async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Share
             return;
         };
         let reply = match packet.kind {
-            PacketKind::Stun => handle_stun(&shared, &packet),
-            PacketKind::Tern(TernType::SealedControl) => handle_control(&shared, &packet),
+            PacketKind::Stun => handle_stun(&shared, &packet).map(|r| (packet.from, r)),
+            PacketKind::Tern(TernType::SealedControl) => {
+                handle_control(&shared, &packet).map(|r| (packet.from, r))
+            }
+            PacketKind::Tern(TernType::Relay) => forward_relayed(&shared, &packet),
             PacketKind::Quic | PacketKind::Unknown => None,
         };
-        if let Some(reply) = reply
-            && let Err(e) = shared.socket.send_raw(packet.from, &reply).await
+        if let Some((to, reply)) = reply
+            && let Err(e) = shared.socket.send_raw(to, &reply).await
         {
-            tracing::debug!(to = %packet.from, error = %e, "control reply not sent");
+            tracing::debug!(%to, error = %e, "control reply not sent");
         }
     }
+}
+
+/// The address a connected peer is reached at directly, if it is.
+fn direct_address(shared: &Shared, peer: Address) -> Option<SocketAddr> {
+    // Ask quinn before taking the path lock (see DemuxSocket::paths).
+    let synthetic = shared.state().live_connection(peer)?.remote_address();
+    match shared.socket.paths().route_for(&synthetic)? {
+        Route::Direct(real) => Some(real),
+        Route::Relay { .. } => None,
+    }
+}
+
+/// Serving as a relay: forwards a frame unchanged (so never amplified) to its destination,
+/// if the source is a connected peer sending from its verified address (no spoofed sources)
+/// and the destination is directly connected too.
+fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Vec<u8>)> {
+    let (header, _) = RelayHeader::decode(&packet.data)?;
+    if direct_address(shared, header.source) != Some(packet.from) {
+        tracing::debug!(source = %header.source, from = %packet.from, "relay frame from an unverified source dropped");
+        return None;
+    }
+    let to = direct_address(shared, header.destination)?;
+    Some((to, packet.data.to_vec()))
 }
 
 fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {

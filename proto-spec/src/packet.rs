@@ -25,12 +25,15 @@ pub enum PacketKind {
 pub enum TernType {
     /// A sealed control packet between two nodes ([`crate::control`]).
     SealedControl = 0x20,
+    /// A QUIC packet to be forwarded by a relay ([`RelayHeader`]).
+    Relay = 0x21,
 }
 
 impl TernType {
     pub fn from_byte(b: u8) -> Option<Self> {
         match b {
             0x20 => Some(Self::SealedControl),
+            0x21 => Some(Self::Relay),
             _ => None,
         }
     }
@@ -48,6 +51,42 @@ pub fn classify(datagram: &[u8]) -> PacketKind {
             PacketKind::Stun
         }
         Some(&b) => TernType::from_byte(b).map_or(PacketKind::Unknown, PacketKind::Tern),
+    }
+}
+
+/// `0x21 | destination address | source address | payload (a QUIC packet)`: sent to a relay,
+/// which forwards the same bytes to the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayHeader {
+    pub destination: crate::Address,
+    pub source: crate::Address,
+}
+
+impl RelayHeader {
+    pub const LEN: usize = 13;
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = TernType::Relay as u8;
+        out[1..7].copy_from_slice(&self.destination.to_bytes());
+        out[7..13].copy_from_slice(&self.source.to_bytes());
+        out
+    }
+
+    /// The header and the payload behind it.
+    pub fn decode(frame: &[u8]) -> Option<(Self, &[u8])> {
+        if frame.len() < Self::LEN || frame[0] != TernType::Relay as u8 {
+            return None;
+        }
+        let address =
+            |at: usize| crate::Address::from_bytes(frame[at..at + 6].try_into().expect("6 bytes"));
+        Some((
+            Self {
+                destination: address(1),
+                source: address(7),
+            },
+            &frame[Self::LEN..],
+        ))
     }
 }
 
@@ -70,6 +109,15 @@ mod tests {
         assert_eq!(classify(&[0x40]), PacketKind::Quic);
         assert_eq!(classify(&[0xc3, 0, 0, 0, 1]), PacketKind::Quic);
         assert_eq!(classify(&[0x3f]), PacketKind::Unknown);
+        let header = RelayHeader {
+            destination: crate::Address::from_bytes([1; 6]),
+            source: crate::Address::from_bytes([2; 6]),
+        };
+        let mut frame = header.encode().to_vec();
+        frame.extend_from_slice(b"quic");
+        assert_eq!(classify(&frame), PacketKind::Tern(TernType::Relay));
+        assert_eq!(RelayHeader::decode(&frame), Some((header, &b"quic"[..])));
+        assert_eq!(RelayHeader::decode(&frame[..12]), None);
         assert_eq!(classify(&[]), PacketKind::Unknown);
     }
 

@@ -101,3 +101,36 @@ fn agents_behind_two_nats_punch_through_and_talk_directly() {
         );
     }
 }
+
+/// Neither side has endpoint-independent mapping: punching cannot work, so the rendezvous
+/// relays the (end-to-end encrypted) QUIC packets, and streams work all the same.
+#[test]
+fn agents_behind_two_symmetric_nats_talk_through_the_relay() {
+    let mut net = Internet::new().unwrap();
+    let public = net.public_host("rendezvous").unwrap();
+    let rendezvous_at = format!("{}:7440", public.address);
+    let _r = Daemon::start_in(Some(&public.namespace), &rendezvous_at, &[]);
+    let (inside_a, _) = net.behind_nat("a", NatKind::Symmetric).unwrap();
+    let (inside_b, _) = net.behind_nat("b", NatKind::Symmetric).unwrap();
+    let args = ["--rendezvous", rendezvous_at.as_str()];
+    let a = Daemon::start_in(Some(&inside_a.namespace), "0.0.0.0:7440", &args);
+    let b = Daemon::start_in(Some(&inside_b.namespace), "0.0.0.0:7440", &args);
+    a.wait_registered();
+    b.wait_registered();
+
+    let (ok, ping) = a.ternctl_json(&["ping", &b.address]);
+    assert!(ok, "{ping}\n--- a ---\n{}\n--- b ---\n{}", a.log(), b.log());
+    let (_, peers) = a.ternctl_json(&["peers"]);
+    let to_b = peers["data"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == b.address.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(to_b["path"], "relay", "{to_b}");
+    assert_eq!(to_b["remote"], rendezvous_at.as_str());
+    let (ok, bench) = a.ternctl_json(&["bench", &b.address, "--bytes", "2097152"]);
+    assert!(ok, "{bench}");
+    assert!(b.ternctl_json(&["ping", &a.address]).0);
+}

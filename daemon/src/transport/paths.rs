@@ -10,13 +10,45 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
+use tern_proto::Address;
+
+/// Where packets for a synthetic address really go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Straight to this UDP address.
+    Direct(SocketAddr),
+    /// Wrapped in relay frames to `relay`, which forwards them to `peer`.
+    Relay { relay: SocketAddr, peer: Address },
+}
+
+impl Route {
+    fn canonical(self) -> Self {
+        match self {
+            Self::Direct(a) => Self::Direct(canonical(a)),
+            Self::Relay { relay, peer } => Self::Relay {
+                relay: canonical(relay),
+                peer,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct(a) => write!(f, "{a}"),
+            Self::Relay { relay, .. } => write!(f, "{relay} (relay)"),
+        }
+    }
+}
+
 const SYNTHETIC_PREFIX: [u16; 3] = [0xfd74, 0x6572, 0x6e00];
 const SYNTHETIC_PORT: u16 = 7;
 pub const MAX_UNPINNED: usize = 4096;
 
 #[derive(Debug)]
-struct Route {
-    real: SocketAddr,
+struct Entry {
+    route: Route,
     /// Verified connections using this path; at 0 the entry may be evicted.
     pins: u32,
 }
@@ -24,8 +56,8 @@ struct Route {
 #[derive(Debug, Default)]
 pub struct PathTable {
     next_id: u64,
-    routes: HashMap<SocketAddr, Route>,
-    by_real: HashMap<SocketAddr, SocketAddr>,
+    routes: HashMap<SocketAddr, Entry>,
+    by_route: HashMap<Route, SocketAddr>,
     unpinned: VecDeque<SocketAddr>,
 }
 
@@ -45,10 +77,10 @@ pub fn is_synthetic(addr: &SocketAddr) -> bool {
 }
 
 impl PathTable {
-    /// The synthetic address for packets from (or a dial to) `real`, made if new.
-    pub fn synthetic_for(&mut self, real: SocketAddr) -> SocketAddr {
-        let real = canonical(real);
-        if let Some(synthetic) = self.by_real.get(&real) {
+    /// The synthetic address for packets from (or a dial along) `route`, made if new.
+    pub fn synthetic_for(&mut self, route: Route) -> SocketAddr {
+        let route = route.canonical();
+        if let Some(synthetic) = self.by_route.get(&route) {
             return *synthetic;
         }
         self.next_id += 1;
@@ -65,16 +97,16 @@ impl PathTable {
             id as u16,
         );
         let synthetic = SocketAddr::V6(SocketAddrV6::new(ip, SYNTHETIC_PORT, 0, 0));
-        self.routes.insert(synthetic, Route { real, pins: 0 });
-        self.by_real.insert(real, synthetic);
+        self.routes.insert(synthetic, Entry { route, pins: 0 });
+        self.by_route.insert(route, synthetic);
         self.unpinned.push_back(synthetic);
         self.evict_unpinned();
         synthetic
     }
 
     /// Where packets for `synthetic` go now.
-    pub fn real_for(&self, synthetic: &SocketAddr) -> Option<SocketAddr> {
-        self.routes.get(synthetic).map(|r| r.real)
+    pub fn route_for(&self, synthetic: &SocketAddr) -> Option<Route> {
+        self.routes.get(synthetic).map(|r| r.route)
     }
 
     /// A verified connection uses this path: keep it until as many [`PathTable::unpin`]s.
@@ -96,19 +128,20 @@ impl PathTable {
     }
 
     fn remove(&mut self, synthetic: SocketAddr) {
-        if let Some(route) = self.routes.remove(&synthetic)
-            && self.by_real.get(&route.real) == Some(&synthetic)
+        if let Some(entry) = self.routes.remove(&synthetic)
+            && self.by_route.get(&entry.route) == Some(&synthetic)
         {
-            self.by_real.remove(&route.real);
+            self.by_route.remove(&entry.route);
         }
     }
 
-    /// Send `synthetic`'s packets to `real` from now on; packets from `real` map back to it.
-    pub fn set_route(&mut self, synthetic: SocketAddr, real: SocketAddr) {
-        let real = canonical(real);
-        if let Some(route) = self.routes.get_mut(&synthetic) {
-            route.real = real;
-            if let Some(previous) = self.by_real.insert(real, synthetic)
+    /// Send `synthetic`'s packets along `route` from now on; packets arriving along `route`
+    /// map back to it.
+    pub fn set_route(&mut self, synthetic: SocketAddr, route: Route) {
+        let route = route.canonical();
+        if let Some(entry) = self.routes.get_mut(&synthetic) {
+            entry.route = route;
+            if let Some(previous) = self.by_route.insert(route, synthetic)
                 && previous != synthetic
                 && self.routes.get(&previous).is_some_and(|r| r.pins == 0)
             {
@@ -142,8 +175,8 @@ impl PathTable {
 mod tests {
     use super::*;
 
-    fn real(port: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 1], port))
+    fn real(port: u16) -> Route {
+        Route::Direct(SocketAddr::from(([192, 0, 2, 1], port)))
     }
 
     #[test]
@@ -153,18 +186,27 @@ mod tests {
         assert!(is_synthetic(&s));
         assert_eq!(t.synthetic_for(real(1)), s);
         assert_eq!(
-            t.synthetic_for("[::ffff:192.0.2.1]:1".parse().unwrap()),
+            t.synthetic_for(Route::Direct("[::ffff:192.0.2.1]:1".parse().unwrap())),
             s,
             "v4-mapped is the same path"
+        );
+        let relayed = Route::Relay {
+            relay: "192.0.2.1:1".parse().unwrap(),
+            peer: Address::from_bytes([7; 6]),
+        };
+        assert_ne!(
+            t.synthetic_for(relayed),
+            s,
+            "a relay path through the same address is another path"
         );
         assert_ne!(t.synthetic_for(real(2)), s);
         t.pin(s);
         t.set_route(s, real(3));
-        assert_eq!(t.real_for(&s), Some(real(3)));
+        assert_eq!(t.route_for(&s), Some(real(3)));
         assert_eq!(t.synthetic_for(real(3)), s);
         t.unpin(s);
         assert_eq!(
-            t.real_for(&s),
+            t.route_for(&s),
             Some(real(3)),
             "unpinned paths stay until evicted"
         );
@@ -179,6 +221,6 @@ mod tests {
             t.synthetic_for(real(port));
         }
         assert!(t.len() <= MAX_UNPINNED + 1);
-        assert_eq!(t.real_for(&kept), Some(real(1)));
+        assert_eq!(t.route_for(&kept), Some(real(1)));
     }
 }

@@ -2,7 +2,13 @@
 //! addresses swapped for the synthetic ones of [`PathTable`]); STUN and tern packets are
 //! sorted out by their first byte (SPEC §4) and handed to the node on a bounded channel.
 //! quinn-udp's GSO/GRO batching is kept: a received batch is classified per segment.
+//!
+//! Relay routes: QUIC packets for a relayed path leave wrapped in relay frames to the relay;
+//! relay frames addressed to this node are unwrapped and handed to quinn as packets from
+//! that relayed path's synthetic address. Frames for other nodes go to the node (which may
+//! be serving as a relay).
 
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -14,13 +20,16 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
-use tern_proto::packet::{PacketKind, classify};
+use tern_proto::Address;
+use tern_proto::packet::{PacketKind, RelayHeader, TernType, classify};
 use tokio::sync::mpsc;
 
-use super::paths::{PathTable, canonical};
+use super::paths::{PathTable, Route, canonical};
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
 const DIVERTED_QUEUE: usize = 1024;
+/// Unwrapped relayed packets kept waiting for quinn before new ones are dropped.
+const RELAYED_QUEUE: usize = 1024;
 
 /// A datagram that is not QUIC.
 #[derive(Debug)]
@@ -36,13 +45,18 @@ pub struct SocketStats {
     pub unknown_dropped: AtomicU64,
     pub diverted_dropped: AtomicU64,
     pub unroutable_dropped: AtomicU64,
+    pub relayed_dropped: AtomicU64,
 }
 
 #[derive(Debug)]
 pub struct DemuxSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     inner_ipv6: bool,
+    /// This node's address: the source of the relay frames it sends.
+    me: Address,
     paths: Mutex<PathTable>,
+    /// Relayed QUIC packets, unwrapped, for quinn: (synthetic source, packet).
+    relayed: Mutex<VecDeque<(SocketAddr, Bytes)>>,
     diverted: mpsc::Sender<Diverted>,
     pub stats: SocketStats,
 }
@@ -52,6 +66,7 @@ impl DemuxSocket {
     pub fn new(
         socket: std::net::UdpSocket,
         buffer_bytes: usize,
+        me: Address,
     ) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>, BufferSizes)> {
         let sizes = set_buffer_sizes(&socket, buffer_bytes);
         let inner_ipv6 = socket.local_addr()?.is_ipv6();
@@ -60,7 +75,9 @@ impl DemuxSocket {
         let socket = Arc::new(Self {
             inner,
             inner_ipv6,
+            me,
             paths: Mutex::new(PathTable::default()),
+            relayed: Mutex::new(VecDeque::new()),
             diverted: tx,
             stats: SocketStats::default(),
         });
@@ -128,6 +145,24 @@ impl DemuxSocket {
                     self.stats.unknown_dropped.fetch_add(1, Ordering::Relaxed);
                     hide_from_quinn(segment);
                 }
+                PacketKind::Tern(TernType::Relay)
+                    if RelayHeader::decode(segment)
+                        .is_some_and(|(h, _)| h.destination == self.me) =>
+                {
+                    let (header, packet) = RelayHeader::decode(segment).expect("checked above");
+                    let table = paths.get_or_insert_with(|| self.paths());
+                    let synthetic = table.synthetic_for(Route::Relay {
+                        relay: from,
+                        peer: header.source,
+                    });
+                    let mut relayed = self.relayed.lock().expect("relay queue lock");
+                    if relayed.len() < RELAYED_QUEUE {
+                        relayed.push_back((synthetic, Bytes::copy_from_slice(packet)));
+                    } else {
+                        self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    hide_from_quinn(segment);
+                }
                 kind => {
                     let diverted = Diverted {
                         kind,
@@ -143,10 +178,76 @@ impl DemuxSocket {
         }
         if quic {
             let table = paths.get_or_insert_with(|| self.paths());
-            meta.addr = table.synthetic_for(from);
+            meta.addr = table.synthetic_for(Route::Direct(from));
         } else {
             meta.len = 0;
         }
+    }
+}
+
+impl DemuxSocket {
+    /// Wraps each datagram of `transmit` (one, or several with GSO) in a relay frame.
+    fn send_relayed(
+        &self,
+        transmit: &Transmit,
+        relay: SocketAddr,
+        peer: Address,
+    ) -> io::Result<()> {
+        let header = RelayHeader {
+            destination: peer,
+            source: self.me,
+        }
+        .encode();
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for (i, packet) in transmit.contents.chunks(segment).enumerate() {
+            let frame = [&header[..], packet].concat();
+            let sent = self.inner.try_send(&Transmit {
+                destination: self.outbound(relay),
+                ecn: transmit.ecn,
+                contents: &frame,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            });
+            match sent {
+                // Nothing went out yet: quinn retries the whole transmit later.
+                Err(e) if i == 0 => return Err(e),
+                // Part went out: the rest counts as lost, which QUIC recovers from.
+                Err(_) => {
+                    self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(()) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves waiting relayed packets into quinn's buffers, one datagram per entry.
+    fn hand_relayed(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut relayed = self.relayed.lock().expect("relay queue lock");
+        let mut handed = 0;
+        while handed < bufs.len().min(meta.len()) {
+            let Some((synthetic, packet)) = relayed.pop_front() else {
+                break;
+            };
+            if packet.len() > bufs[handed].len() {
+                self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            bufs[handed][..packet.len()].copy_from_slice(&packet);
+            meta[handed] = RecvMeta {
+                addr: synthetic,
+                len: packet.len(),
+                stride: packet.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            handed += 1;
+        }
+        handed
     }
 }
 
@@ -163,20 +264,23 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let Some(real) = self.paths().real_for(&transmit.destination) else {
+        let Some(route) = self.paths().route_for(&transmit.destination) else {
             // The path was evicted or released: as good as a lost packet.
             self.stats
                 .unroutable_dropped
                 .fetch_add(1, Ordering::Relaxed);
             return Ok(());
         };
-        self.inner.try_send(&Transmit {
-            destination: self.outbound(real),
-            ecn: transmit.ecn,
-            contents: transmit.contents,
-            segment_size: transmit.segment_size,
-            src_ip: transmit.src_ip,
-        })
+        match route {
+            Route::Direct(real) => self.inner.try_send(&Transmit {
+                destination: self.outbound(real),
+                ecn: transmit.ecn,
+                contents: transmit.contents,
+                segment_size: transmit.segment_size,
+                src_ip: transmit.src_ip,
+            }),
+            Route::Relay { relay, peer } => self.send_relayed(transmit, relay, peer),
+        }
     }
 
     fn poll_recv(
@@ -185,10 +289,18 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
+        let handed = self.hand_relayed(bufs, meta);
+        if handed > 0 {
+            return Poll::Ready(Ok(handed));
+        }
         let n = ready!(self.inner.poll_recv(cx, bufs, meta))?;
         let mut paths = None;
         for (m, buf) in meta[..n].iter_mut().zip(bufs.iter_mut()) {
             self.sort(m, buf, &mut paths);
+        }
+        // Relayed packets unwrapped just now: have quinn poll again for them.
+        if !self.relayed.lock().expect("relay queue lock").is_empty() {
+            cx.waker().wake_by_ref();
         }
         // quinn skips entries whose len is 0, and bounds its own receive loop.
         Poll::Ready(Ok(n))
