@@ -99,12 +99,18 @@ pub struct Daemon {
 impl Daemon {
     /// Loads the identity, binds the socket and starts every service. Needs a tokio runtime.
     pub fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
-        let identity = config.home.load_or_create_identity()?;
-        let trust = TrustStore::load(config.home.dir().join(TRUST_FILE))?;
         let socket = UdpSocket::bind(config.listen).map_err(|source| DaemonError::Bind {
             addr: config.listen,
             source,
         })?;
+        Self::start_on(config, socket)
+    }
+
+    /// Like [`Daemon::start`] on a socket the caller bound (in a network namespace, say);
+    /// `config.listen` is not used.
+    pub fn start_on(config: DaemonConfig, socket: UdpSocket) -> Result<Arc<Self>, DaemonError> {
+        let identity = config.home.load_or_create_identity()?;
+        let trust = TrustStore::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
         node.set_trusted(trust.trusted().iter().copied());
         let daemon = Arc::new(Self {
@@ -243,17 +249,19 @@ impl Daemon {
         }
         let (record, via) = self.find(target).await?;
         self.node.learn(&record.identity);
-        let introduction = async {
-            match via {
-                Some(server) => {
-                    rendezvous::request_introduction(&self.node, server, target, self.own_record())
-                        .await
-                }
-                None => Ok(()),
+        // The introduction is answered once the target has started probing us, so our first
+        // probes already meet an open NAT on its side.
+        let introduced = match via {
+            Some(server) => {
+                rendezvous::request_introduction(&self.node, server, target, self.own_record())
+                    .await
             }
+            None => Ok(()),
         };
-        let probing = self.node.probe(target, &record.endpoints, PUNCH_WINDOW);
-        let (introduced, answered) = tokio::join!(introduction, probing);
+        let answered = self
+            .node
+            .probe(target, &record.endpoints, PUNCH_WINDOW)
+            .await;
         if let Err(e) = &introduced {
             tracing::debug!(peer = %target, error = %e, "no introduction");
         }

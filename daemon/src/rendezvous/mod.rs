@@ -22,8 +22,8 @@ pub use registry::Registry;
 /// How long a record is valid; owners refresh well before.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(300);
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
-/// How long the introduced side keeps probing the asker's endpoints.
-pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
+/// How long both sides keep probing each other's endpoints (a probe round every 150 ms).
+pub const PUNCH_WINDOW: Duration = Duration::from_secs(2);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn unix_now() -> u64 {
