@@ -32,6 +32,10 @@ pub const DEFAULT_PORT: u16 = 7440;
 pub const ECHO_PORT: u16 = 7;
 /// Ports below this are tern's own; applications cannot listen on them.
 pub const FIRST_APP_PORT: u16 = 1024;
+/// The rendezvous records this node holds, kept across restarts.
+pub const RECORDS_FILE: &str = "rendezvous.records";
+/// How often changed records are written out (a crash loses at most this much).
+const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
@@ -113,10 +117,16 @@ impl Daemon {
         let trust = TrustStore::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
         node.set_trusted(trust.trusted().iter().copied());
+        let mut registry = Registry::default();
+        let records_path = config.home.dir().join(RECORDS_FILE);
+        if let Ok(bytes) = std::fs::read(&records_path) {
+            let (loaded, skipped) = registry.load_file(unix_now(), &bytes);
+            tracing::info!(loaded, skipped, file = %records_path.display(), "rendezvous records restored");
+        }
         let daemon = Arc::new(Self {
             home: config.home,
             node: node.clone(),
-            registry: Arc::new(Mutex::new(Registry::default())),
+            registry: Arc::new(Mutex::new(registry)),
             servers: Mutex::new(
                 config
                     .rendezvous
@@ -140,6 +150,7 @@ impl Daemon {
             .expect("a fresh node has no listener on the echo port");
         tokio::spawn(serve_echo(echo));
         tokio::spawn(refresh_own_record(Arc::downgrade(&daemon)));
+        tokio::spawn(persist_records(Arc::downgrade(&daemon), records_path));
         for index in 0..config.rendezvous.len() {
             tokio::spawn(keep_registered(Arc::downgrade(&daemon), index));
         }
@@ -434,6 +445,31 @@ async fn refresh_own_record(daemon: std::sync::Weak<Daemon>) {
         }
         drop(d);
         tokio::time::sleep(REFRESH_INTERVAL).await;
+    }
+}
+
+/// Writes the registry to the home whenever it changed (atomically: temp file, rename).
+async fn persist_records(daemon: std::sync::Weak<Daemon>, path: std::path::PathBuf) {
+    let mut written = Vec::new();
+    loop {
+        tokio::time::sleep(PERSIST_INTERVAL).await;
+        let Some(d) = daemon.upgrade() else { return };
+        let now = d
+            .registry
+            .lock()
+            .expect("registry lock")
+            .to_file(unix_now());
+        drop(d);
+        if now == written {
+            continue;
+        }
+        let tmp = path.with_extension("tmp");
+        match std::fs::write(&tmp, &now).and_then(|()| std::fs::rename(&tmp, &path)) {
+            Ok(()) => written = now,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot save rendezvous records")
+            }
+        }
     }
 }
 

@@ -294,7 +294,7 @@ struct Known {
     replay: ReplayWindow,
 }
 
-/// Identities kept for sealed control packets; the oldest-learned unconnected go first.
+/// Identities kept for sealed control packets; past this, an unconnected one is forgotten.
 const MAX_KNOWN: usize = 4096;
 
 #[derive(Default)]

@@ -57,8 +57,37 @@ impl Daemon {
         listen: &str,
         args: &[&str],
     ) -> Self {
-        let home = tempfile::tempdir().expect("temp home");
-        let log = std::fs::File::create(home.path().join("ternd.log")).expect("log file");
+        Self::launch(
+            tempfile::tempdir().expect("temp home"),
+            namespace,
+            listen,
+            args,
+        )
+    }
+
+    /// Stops this daemon and starts a new one on the same home and listen address.
+    pub fn restart(self, args: &[&str]) -> Self {
+        let Daemon {
+            home,
+            listen,
+            _process,
+            ..
+        } = self;
+        drop(_process);
+        Self::launch(home, None, &listen, args)
+    }
+
+    fn launch(
+        home: tempfile::TempDir,
+        namespace: Option<&tern_netsim::lab::Namespace>,
+        listen: &str,
+        args: &[&str],
+    ) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.path().join("ternd.log"))
+            .expect("log file");
         let mut command = match namespace {
             Some(ns) => ns.command(binary("ternd")),
             None => Command::new(binary("ternd")),

@@ -347,3 +347,17 @@ fn datagrams_reach_a_listening_client_and_private_ports_drop_untrusted_ones() {
         assert_eq!(err.code(), "datagram_not_sent", "{err}");
     });
 }
+
+#[test]
+fn a_restarted_rendezvous_still_holds_the_records_registered_with_it() {
+    let (a, b) = Daemon::pair();
+    b.wait_registered();
+    // Records are written within 5 s of a change.
+    std::thread::sleep(Duration::from_millis(5500));
+    let a = a.restart(&[]);
+    let (_, status) = a.ternctl_json(&["status"]);
+    assert_eq!(status["data"]["records_held"], 2, "{status}\n{}", a.log());
+    // And it can find B by that record right away (B's connection went down with A).
+    let (ok, ping) = a.ternctl_json(&["ping", &b.address]);
+    assert!(ok, "{ping}\n{}", a.log());
+}

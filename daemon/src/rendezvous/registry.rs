@@ -71,6 +71,35 @@ impl Registry {
         self.records.len()
     }
 
+    /// The live records as one file: each record (SPEC §8) behind its length (u16).
+    pub fn to_file(&self, now_unix: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for record in self.records.values().filter(|r| r.is_live(now_unix)) {
+            out.extend_from_slice(&(record.as_bytes().len() as u16).to_be_bytes());
+            out.extend_from_slice(record.as_bytes());
+        }
+        out
+    }
+
+    /// Restores records from [`Registry::to_file`]'s bytes. Every record is verified again;
+    /// damaged, forged or expired ones are skipped and counted.
+    pub fn load_file(&mut self, now_unix: u64, mut bytes: &[u8]) -> (usize, usize) {
+        let (mut loaded, mut skipped) = (0, 0);
+        while bytes.len() >= 2 {
+            let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+            let Some(body) = bytes.get(2..2 + len) else {
+                skipped += 1;
+                break;
+            };
+            bytes = &bytes[2 + len..];
+            match Record::decode(body).map(|r| self.register(now_unix, r)) {
+                Ok(Ok(())) => loaded += 1,
+                _ => skipped += 1,
+            }
+        }
+        (loaded, skipped)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
@@ -115,6 +144,29 @@ mod tests {
         assert!(r.register(10, record(0, 4, 100)).is_err());
         r.register(10, record(0, 6, 100)).unwrap();
         assert_eq!(r.lookup(10, ids()[0].address()).unwrap().seq, 6);
+    }
+
+    #[test]
+    fn the_file_round_trips_and_damage_is_skipped() {
+        let mut r = Registry::default();
+        r.register(10, record(0, 1, 100)).unwrap();
+        r.register(10, record(1, 1, 100)).unwrap();
+        let file = r.to_file(10);
+        let mut back = Registry::default();
+        assert_eq!(back.load_file(10, &file), (2, 0));
+        assert_eq!(back.lookup(10, ids()[1].address()).unwrap().seq, 1);
+        let mut damaged = file.clone();
+        damaged[40] ^= 0xff;
+        assert_eq!(Registry::default().load_file(10, &damaged).1, 1);
+        assert_eq!(
+            Registry::default().load_file(10, &file[..file.len() - 3]),
+            (1, 1)
+        );
+        assert_eq!(
+            Registry::default().load_file(200, &file),
+            (0, 2),
+            "expired on load"
+        );
     }
 
     #[test]
