@@ -6,6 +6,7 @@
 //! withhold a record but never substitute a key or endpoint. STUN on the shared socket, hole
 //! punching and relaying arrive with NAT traversal (issue 4).
 
+pub mod ratelimit;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -17,7 +18,34 @@ use tern_proto::record::Record;
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_PORT, Request};
 
 use crate::node::{Access, DialError, Node, OverlayStream};
+pub use ratelimit::RateLimiter;
 pub use registry::Registry;
+
+/// Rendezvous requests one peer may make: a burst, then this many a second.
+const REQUESTS_PER_SECOND: f64 = 1000.0;
+const REQUEST_BURST: f64 = 2000.0;
+/// Introductions of one node (counted by the record's owner, both at the rendezvous and at
+/// the target): each one makes the target probe.
+const INTRODUCTIONS_PER_SECOND: f64 = 1.0;
+const INTRODUCTION_BURST: f64 = 10.0;
+
+/// The limits a rendezvous applies per peer.
+pub struct Limits {
+    requests: Mutex<RateLimiter>,
+    introductions: Mutex<RateLimiter>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(RateLimiter::new(REQUESTS_PER_SECOND, REQUEST_BURST)),
+            introductions: Mutex::new(RateLimiter::new(
+                INTRODUCTIONS_PER_SECOND,
+                INTRODUCTION_BURST,
+            )),
+        }
+    }
+}
 
 /// How long a record is valid; owners refresh well before.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(300);
@@ -50,6 +78,7 @@ pub enum RendezvousError {
 
 /// Serves rendezvous requests on port 1 until the node shuts down.
 pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>) {
+    let limits = Arc::new(Limits::default());
     let mut listener = match node.listen(RENDEZVOUS_PORT, Access::Open) {
         Ok(listener) => listener,
         Err(e) => {
@@ -58,9 +87,9 @@ pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>) {
         }
     };
     while let Some(stream) = listener.accept().await {
-        let (node, registry) = (node.clone(), registry.clone());
+        let (node, registry, limits) = (node.clone(), registry.clone(), limits.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &node, &registry).await {
+            if let Err(e) = answer(stream, &node, &registry, &limits).await {
                 tracing::debug!(error = %e, "rendezvous request failed");
             }
         });
@@ -71,14 +100,27 @@ async fn answer(
     mut stream: OverlayStream,
     node: &Node,
     registry: &Mutex<Registry>,
+    limits: &Limits,
 ) -> Result<(), RendezvousError> {
     let peer = stream.peer;
     let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.recv.read_to_end(MAX_MESSAGE_LEN))
         .await
         .map_err(|_| RendezvousError::Timeout)?
         .map_err(|e| RendezvousError::Stream(e.to_string()))?;
+    let now = std::time::Instant::now();
+    let allowed = |limiter: &Mutex<RateLimiter>, who: Address| {
+        limiter.lock().expect("rate limiter lock").allow(now, who)
+    };
     let answer = match Request::decode(&bytes) {
+        _ if !allowed(&limits.requests, peer) => {
+            Answer::Refused("too many requests; slow down".into())
+        }
         Err(e) => Answer::Refused(e.to_string()),
+        Ok(Request::Introduce { ref record, .. })
+            if !allowed(&limits.introductions, record.address()) =>
+        {
+            Answer::Refused("too many introductions; slow down".into())
+        }
         Ok(Request::Lookup(address)) => {
             let registry = registry.lock().expect("registry lock");
             registry
