@@ -361,3 +361,71 @@ fn a_restarted_rendezvous_still_holds_the_records_registered_with_it() {
     let (ok, ping) = a.ternctl_json(&["ping", &b.address]);
     assert!(ok, "{ping}\n{}", a.log());
 }
+
+#[test]
+fn the_example_agent_serves_and_calls_through_two_daemons() {
+    let (a, b) = Daemon::pair();
+    let agent = tern_tests::binary("examples/echo_agent");
+    let mut server = Command::new(&agent)
+        .args(["serve", "2500"])
+        .env("TERN_HOME", a.home.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let _server = tern_tests::Guard(server);
+    a.ternctl(&["trust", "add", &b.address]);
+    let out = Command::new(&agent)
+        .args(["call", &a.address, "2500", "héllo"])
+        .env("TERN_HOME", b.home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["result"]["text"], "héllo");
+    assert_eq!(reply["result"]["from"], b.address.as_str());
+}
+
+#[test]
+fn malformed_local_api_frames_get_clear_errors_and_the_daemon_carries_on() {
+    use std::os::unix::net::UnixStream;
+    let a = Daemon::start(&[]);
+    let socket = a.home.path().join("ternd.sock");
+    let read_frame = |conn: &mut UnixStream| -> serde_json::Value {
+        let mut header = [0u8; 4];
+        conn.read_exact(&mut header).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+        conn.read_exact(&mut body).unwrap();
+        serde_json::from_slice(&body).unwrap()
+    };
+    for body in [
+        &b"not json"[..],
+        br#"{"op":"format_disk"}"#,
+        br#"{"op":"dial","target":7}"#,
+    ] {
+        let mut conn = UnixStream::connect(&socket).unwrap();
+        conn.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+        conn.write_all(body).unwrap();
+        let answer = read_frame(&mut conn);
+        assert_eq!(answer["ok"], false);
+        assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+    }
+    // An oversized length, and a client that vanishes mid-frame.
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    conn.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert_eq!(read_frame(&mut conn)["error"]["code"], "bad_request");
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    conn.write_all(&[0, 0, 1, 0, b'{']).unwrap();
+    drop(conn);
+    assert!(
+        a.ternctl_json(&["status"]).0,
+        "the daemon stopped answering"
+    );
+}
