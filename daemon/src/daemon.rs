@@ -195,16 +195,10 @@ impl Daemon {
 
     fn own_record(&self) -> Record {
         // Microseconds make every new record's seq larger than the last, across restarts.
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let seq = crate::node::unix_micros();
         let expires = unix_now() + RECORD_LIFETIME.as_secs();
-        Record::sign(self.node_identity(), &self.endpoints(), seq, expires)
+        Record::sign(self.node.secret_identity(), &self.endpoints(), seq, expires)
             .expect("endpoints are truncated to the record's maximum")
-    }
-
-    fn node_identity(&self) -> &tern_proto::SecretIdentity {
-        self.node.secret_identity()
     }
 
     /// `target`'s record, from this node's registry or one of its rendezvous servers (which

@@ -842,7 +842,7 @@ async fn with_timeout<T>(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-fn unix_micros() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
