@@ -212,15 +212,26 @@ impl Daemon {
         {
             return Ok((record.clone(), None));
         }
-        let servers: Vec<Address> = self
+        let servers: Vec<(String, Option<Address>)> = self
             .servers
             .lock()
             .expect("server state lock")
             .iter()
-            .filter_map(|s| s.address)
+            .map(|s| (s.server.clone(), s.address))
             .collect();
         let mut errors = Vec::new();
-        for server in servers {
+        for (spec, known) in servers {
+            // Not reached yet (the node just started, say): connect now rather than miss it.
+            let server = match known {
+                Some(server) => server,
+                None => match self.reach_server(&spec).await {
+                    Ok(server) => server,
+                    Err(e) => {
+                        errors.push(format!("rendezvous {spec}: {e}"));
+                        continue;
+                    }
+                },
+            };
             match rendezvous::lookup(&self.node, server, target).await {
                 Ok(Some(record)) => return Ok((record, Some(server))),
                 Ok(None) => {}
@@ -235,6 +246,16 @@ impl Daemon {
                 detail: errors.join("; "),
             })
         }
+    }
+
+    /// Connects to a rendezvous given as `HOST:PORT` and returns its address.
+    async fn reach_server(&self, spec: &str) -> Result<Address, String> {
+        let at = tokio::net::lookup_host(spec)
+            .await
+            .map_err(|e| format!("cannot resolve {spec}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{spec} resolves to no address"))?;
+        self.node.connect_any(at).await.map_err(|e| e.to_string())
     }
 
     /// A verified connection to `target`, found through the rendezvous if need be. Punches
@@ -510,16 +531,7 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
 }
 
 async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
-    let at = tokio::net::lookup_host(spec)
-        .await
-        .map_err(|e| format!("cannot resolve {spec}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{spec} resolves to no address"))?;
-    let server = daemon
-        .node
-        .connect_any(at)
-        .await
-        .map_err(|e| e.to_string())?;
+    let server = daemon.reach_server(spec).await?;
     let observed = rendezvous::register(&daemon.node, server, daemon.own_record())
         .await
         .map_err(|e| e.to_string())?;
