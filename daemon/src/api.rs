@@ -175,26 +175,16 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 };
                 write_frame(&mut client, &response).await?
             }
-            Request::TrustAdd { address } | Request::TrustRemove { address }
-                if address.parse::<Address>().is_err() =>
-            {
-                write_frame(&mut client, &parse_address(&address).unwrap_err()).await?
-            }
-            Request::TrustAdd { address } => {
-                let peer = parse_address(&address).expect("checked above");
-                let response = match daemon.trust_add(peer) {
-                    Ok(added) => Response::success(json!({ "address": peer, "changed": added })),
-                    Err(e) => failure_of(&e),
-                };
-                write_frame(&mut client, &response).await?
-            }
-            Request::TrustRemove { address } => {
-                let peer = parse_address(&address).expect("checked above");
-                let response = match daemon.trust_remove(peer) {
-                    Ok(removed) => {
-                        Response::success(json!({ "address": peer, "changed": removed }))
-                    }
-                    Err(e) => failure_of(&e),
+            Request::TrustAdd { ref address } | Request::TrustRemove { ref address } => {
+                let trusted = matches!(request, Request::TrustAdd { .. });
+                let response = match parse_address(address) {
+                    Err(response) => response,
+                    Ok(peer) => match daemon.set_trust(peer, trusted) {
+                        Ok(changed) => {
+                            Response::success(json!({ "address": peer, "changed": changed }))
+                        }
+                        Err(e) => failure_of(&e),
+                    },
                 };
                 write_frame(&mut client, &response).await?
             }

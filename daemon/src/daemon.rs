@@ -390,18 +390,12 @@ impl Daemon {
         Ok(listener.accept().await)
     }
 
-    pub fn trust_add(&self, peer: Address) -> Result<bool, DaemonError> {
+    /// Trusts or stops trusting `peer`; applies to the node at once. False if unchanged.
+    pub fn set_trust(&self, peer: Address, trusted: bool) -> Result<bool, DaemonError> {
         let mut trust = self.trust.lock().expect("trust lock");
-        let added = trust.add(peer)?;
+        let changed = trust.set(peer, trusted)?;
         self.node.set_trusted(trust.trusted().iter().copied());
-        Ok(added)
-    }
-
-    pub fn trust_remove(&self, peer: Address) -> Result<bool, DaemonError> {
-        let mut trust = self.trust.lock().expect("trust lock");
-        let removed = trust.remove(peer)?;
-        self.node.set_trusted(trust.trusted().iter().copied());
-        Ok(removed)
+        Ok(changed)
     }
 
     pub fn trust_list(&self) -> Vec<Address> {

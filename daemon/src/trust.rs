@@ -57,24 +57,23 @@ impl TrustStore {
         &self.trusted
     }
 
-    /// Adds `peer`; false if it was already there.
-    pub fn add(&mut self, peer: Address) -> Result<bool, TrustError> {
-        let added = self.trusted.insert(peer);
-        if added && let Err(e) = self.save() {
-            self.trusted.remove(&peer);
+    /// Trusts or stops trusting `peer`, saved before it returns; false if nothing changed.
+    pub fn set(&mut self, peer: Address, trusted: bool) -> Result<bool, TrustError> {
+        let changed = if trusted {
+            self.trusted.insert(peer)
+        } else {
+            self.trusted.remove(&peer)
+        };
+        if changed && let Err(e) = self.save() {
+            // Keep memory and file in agreement.
+            if trusted {
+                self.trusted.remove(&peer);
+            } else {
+                self.trusted.insert(peer);
+            }
             return Err(e);
         }
-        Ok(added)
-    }
-
-    /// Removes `peer`; false if it was not there.
-    pub fn remove(&mut self, peer: Address) -> Result<bool, TrustError> {
-        let removed = self.trusted.remove(&peer);
-        if removed && let Err(e) = self.save() {
-            self.trusted.insert(peer);
-            return Err(e);
-        }
-        Ok(removed)
+        Ok(changed)
     }
 
     fn save(&self) -> Result<(), TrustError> {
@@ -104,15 +103,15 @@ mod tests {
         let path = dir.path().join(TRUST_FILE);
         let peer: Address = "a1b2:c3d4:e5f6".parse().unwrap();
         let mut store = TrustStore::load(path.clone()).unwrap();
-        assert!(store.add(peer).unwrap());
-        assert!(!store.add(peer).unwrap());
+        assert!(store.set(peer, true).unwrap());
+        assert!(!store.set(peer, true).unwrap());
         assert!(
             TrustStore::load(path.clone())
                 .unwrap()
                 .trusted()
                 .contains(&peer)
         );
-        assert!(store.remove(peer).unwrap());
+        assert!(store.set(peer, false).unwrap());
         assert!(TrustStore::load(path.clone()).unwrap().trusted().is_empty());
         std::fs::write(&path, b"{\"trusted\": [\"nope\"]}").unwrap();
         assert!(matches!(

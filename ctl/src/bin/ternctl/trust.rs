@@ -19,24 +19,16 @@ pub enum TrustCommand {
 pub async fn run(client: &Client, command: TrustCommand) -> Result<Report, Failure> {
     match command {
         TrustCommand::Add { address } => {
-            check_target(&address)?;
-            let data = client.trust_add(&address).await.map_err(failure)?;
-            let text = if data["changed"] == true {
-                format!("trusted {address}")
-            } else {
-                format!("{address} was already trusted")
-            };
-            Ok(Report { data, text })
+            change(client, &address, true, ("trusted", "was already trusted")).await
         }
         TrustCommand::Remove { address } => {
-            check_target(&address)?;
-            let data = client.trust_remove(&address).await.map_err(failure)?;
-            let text = if data["changed"] == true {
-                format!("no longer trusting {address}")
-            } else {
-                format!("{address} was not trusted")
-            };
-            Ok(Report { data, text })
+            change(
+                client,
+                &address,
+                false,
+                ("no longer trusting", "was not trusted"),
+            )
+            .await
         }
         TrustCommand::List => {
             let data = client.trust_list().await.map_err(failure)?;
@@ -52,4 +44,26 @@ pub async fn run(client: &Client, command: TrustCommand) -> Result<Report, Failu
             Ok(Report { data, text })
         }
     }
+}
+
+/// Adds or removes one address; `said` is (what a change says, what no change says).
+async fn change(
+    client: &Client,
+    address: &str,
+    trust: bool,
+    said: (&str, &str),
+) -> Result<Report, Failure> {
+    check_target(address)?;
+    let data = if trust {
+        client.trust_add(address).await
+    } else {
+        client.trust_remove(address).await
+    }
+    .map_err(failure)?;
+    let text = if data["changed"] == true {
+        format!("{} {address}", said.0)
+    } else {
+        format!("{address} {}", said.1)
+    };
+    Ok(Report { data, text })
 }
