@@ -90,11 +90,25 @@ pub enum NodeError {
     Endpoint(#[source] std::io::Error),
 }
 
+/// The node a dial was meant for: a known address, or whichever node answers (a rendezvous
+/// dialled by its UDP address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialled(pub Option<Address>);
+
+impl std::fmt::Display for Dialled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(address) => write!(f, "{address}"),
+            None => f.write_str("the node"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("handshake with {peer} at {at} failed: {source}")]
     Handshake {
-        peer: Address,
+        peer: Dialled,
         at: Route,
         source: HandshakeError,
     },
@@ -103,7 +117,7 @@ pub enum DialError {
          that the address is reachable"
     )]
     Timeout {
-        peer: Address,
+        peer: Dialled,
         at: Route,
         timeout: Duration,
     },
@@ -518,7 +532,7 @@ impl Node {
 
     async fn dial(&self, expected: Option<Address>, at: Route) -> Result<Address, DialError> {
         let shared = &self.shared;
-        let peer = expected.unwrap_or(Address::from_bytes([0; 6]));
+        let peer = Dialled(expected);
         let synthetic = shared.socket.paths().synthetic_for(at);
         let connecting = shared
             .endpoint

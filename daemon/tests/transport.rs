@@ -290,5 +290,11 @@ fn an_unreachable_peer_times_out_with_a_clear_error() {
         let err = a.connect(identity(1).address(), at).await.unwrap_err();
         assert!(matches!(err, DialError::Timeout { .. }), "{err}");
         assert!(err.to_string().contains("ternd is running"), "{err}");
+        // Dialling whichever node answers (a rendezvous by UDP address) names no address.
+        let err = a.connect_any(at).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with("no answer from the node at"),
+            "{err}"
+        );
     });
 }
