@@ -8,46 +8,44 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tern_tests::{Daemon, binary};
 
-/// A TCP JSON-RPC service on loopback: answers each line's `id` with `{"echo": method}`.
-fn json_rpc_service() -> u16 {
+/// A TCP service on loopback that runs `handle` on a thread per connection; returns its port.
+fn tcp_service(handle: fn(TcpStream)) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut writer = conn.try_clone().unwrap();
-                for line in BufReader::new(conn).lines().map_while(Result::ok) {
-                    let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
-                    // A notification first, which the client must skip.
-                    writeln!(
-                        writer,
-                        r#"{{"jsonrpc":"2.0","method":"notifications/progress"}}"#
-                    )
-                    .unwrap();
-                    let reply = serde_json::json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["method"]}});
-                    writeln!(writer, "{reply}").unwrap();
-                }
-            });
+            std::thread::spawn(move || handle(conn));
         }
     });
     port
 }
 
-/// A TCP echo service on loopback.
-fn echo_service() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut writer = conn.try_clone().unwrap();
-                let mut reader = conn;
-                let _ = std::io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(std::net::Shutdown::Write);
-            });
+/// Answers each JSON-RPC line's `id` with `{"echo": method}`, after a notification the client
+/// must skip.
+fn json_rpc_service() -> u16 {
+    tcp_service(|conn| {
+        let mut writer = conn.try_clone().unwrap();
+        for line in BufReader::new(conn).lines().map_while(Result::ok) {
+            let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
+            writeln!(
+                writer,
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress"}}"#
+            )
+            .unwrap();
+            let reply = serde_json::json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["method"]}});
+            writeln!(writer, "{reply}").unwrap();
         }
-    });
-    port
+    })
+}
+
+/// Echoes every byte, then closes its write side.
+fn echo_service() -> u16 {
+    tcp_service(|conn| {
+        let mut writer = conn.try_clone().unwrap();
+        let mut reader = conn;
+        let _ = std::io::copy(&mut reader, &mut writer);
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+    })
 }
 
 #[test]
