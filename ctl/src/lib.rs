@@ -222,6 +222,66 @@ impl Client {
         self.call(Request::TrustList).await
     }
 
+    /// Asks `target`'s operator to trust this node; returns once the request is delivered.
+    pub async fn trust_request(&self, target: &str, reason: &str) -> Result<Value, ClientError> {
+        self.call(Request::TrustRequest {
+            target: target.into(),
+            reason: reason.into(),
+        })
+        .await
+    }
+
+    /// `{"pending": [...], "outgoing": [...]}`: requests to answer, and ours unanswered.
+    pub async fn trust_requests(&self) -> Result<Value, ClientError> {
+        self.call(Request::TrustRequests).await
+    }
+
+    /// Answers the pending request from `address`: approve trusts it (and it trusts us).
+    pub async fn trust_answer(&self, address: &str, approve: bool) -> Result<Value, ClientError> {
+        let address = address.into();
+        self.call(if approve {
+            Request::TrustApprove { address }
+        } else {
+            Request::TrustReject { address }
+        })
+        .await
+    }
+
+    /// `target`'s verified record: `address`, `public_key`, `name`, `endpoints`, `via`.
+    pub async fn find(&self, target: &str) -> Result<Value, ClientError> {
+        self.call(Request::Find {
+            target: target.into(),
+        })
+        .await
+    }
+
+    /// Claims `name` for this node; `None` gives its name up.
+    pub async fn name_set(&self, name: Option<&str>) -> Result<Value, ClientError> {
+        self.call(Request::NameSet {
+            name: name.map(String::from),
+        })
+        .await
+    }
+
+    /// Forgets the key pinned for `name`, accepting whatever key it is found with next.
+    pub async fn name_forget(&self, name: &str) -> Result<Value, ClientError> {
+        self.call(Request::NameForget { name: name.into() }).await
+    }
+
+    /// This node's name, its aliases and its pinned names.
+    pub async fn names(&self) -> Result<Value, ClientError> {
+        self.call(Request::Names).await
+    }
+
+    /// Sets the alias `name` to `address`, or with `None` removes it.
+    pub async fn alias(&self, name: &str, address: Option<&str>) -> Result<Value, ClientError> {
+        self.call(Request::Alias {
+            name: name.into(),
+            address: address.map(String::from),
+        })
+        .await
+    }
+
     /// Opens a stream to `port` on `target`; bytes written reach the remote listener.
     pub async fn dial(&self, target: &str, port: u16) -> Result<Stream, ClientError> {
         let mut connection = self.open().await?;

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use tern_proto::Address;
+use serde_json::{Value, json};
 use tern_proto::api::{self, DatagramFrame, Request, Response};
+use tern_proto::{Address, Name};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -102,6 +102,20 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
 
 fn failure_of(e: &DaemonError) -> Response {
     let (code, hint) = match e {
+        DaemonError::BadTarget(_) => (
+            "bad_address",
+            Some("use the address `ternctl id` prints on the other node, or its name"),
+        ),
+        DaemonError::NameNotFound(_)
+        | DaemonError::NoAlias(_)
+        | DaemonError::NoPendingRequest(_) => ("not_found", None),
+        DaemonError::Pinned(_) => ("pin_mismatch", None),
+        DaemonError::NameTaken { .. } => ("name_taken", None),
+        DaemonError::NameUnresolved(..) => (
+            "unreachable",
+            Some("check the rendezvous servers in `ternctl status`"),
+        ),
+        DaemonError::TrustRequest { .. } => ("not_delivered", None),
         DaemonError::NotFound(_) => (
             "not_found",
             Some(
@@ -132,14 +146,22 @@ fn failure_of(e: &DaemonError) -> Response {
     Response::failure(code, e.to_string(), hint.map(String::from))
 }
 
-fn parse_address(text: &str) -> Result<Address, Response> {
-    text.parse::<Address>().map_err(|e| {
-        Response::failure(
-            "bad_address",
-            e.to_string(),
-            Some("names are not supported yet; use the node's address from `ternctl id`".into()),
-        )
-    })
+/// A TARGET (address or name) as an address, or the failure to send back.
+async fn resolve(daemon: &Daemon, target: &str) -> Result<Address, Response> {
+    daemon.resolve(target).await.map_err(|e| failure_of(&e))
+}
+
+fn parse_name(text: &str) -> Result<Name, Response> {
+    text.parse::<Name>()
+        .map_err(|e| Response::failure("bad_name", e.to_string(), None))
+}
+
+/// The response to a request that either succeeds with `data` or fails.
+fn answer(result: Result<Value, DaemonError>) -> Response {
+    match result {
+        Ok(data) => Response::success(data),
+        Err(e) => failure_of(&e),
+    }
 }
 
 async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), FrameIoError> {
@@ -163,28 +185,83 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 write_frame(&mut client, &Response::success(peers)).await?
             }
             Request::Ping { target } => {
-                let response = match parse_address(&target) {
+                let response = match resolve(daemon, &target).await {
                     Err(response) => response,
-                    Ok(peer) => match daemon.ping(peer).await {
-                        Ok(rtt) => Response::success(json!({
-                            "address": peer,
-                            "rtt_ms": rtt.as_secs_f64() * 1000.0,
-                        })),
-                        Err(e) => failure_of(&e),
-                    },
+                    Ok(peer) => answer(daemon.ping(peer).await.map(
+                        |rtt| json!({ "address": peer, "rtt_ms": rtt.as_secs_f64() * 1000.0 }),
+                    )),
                 };
                 write_frame(&mut client, &response).await?
             }
             Request::TrustAdd { ref address } | Request::TrustRemove { ref address } => {
                 let trusted = matches!(request, Request::TrustAdd { .. });
-                let response = match parse_address(address) {
+                let response = match resolve(daemon, address).await {
                     Err(response) => response,
-                    Ok(peer) => match daemon.set_trust(peer, trusted) {
-                        Ok(changed) => {
-                            Response::success(json!({ "address": peer, "changed": changed }))
-                        }
-                        Err(e) => failure_of(&e),
-                    },
+                    Ok(peer) => answer(
+                        daemon
+                            .set_trust(peer, trusted)
+                            .map(|changed| json!({ "address": peer, "changed": changed })),
+                    ),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::TrustRequest { target, reason } => {
+                let response = answer(
+                    daemon
+                        .request_trust(&target, &reason)
+                        .await
+                        .map(|peer| json!({ "address": peer, "delivered": true })),
+                );
+                write_frame(&mut client, &response).await?
+            }
+            Request::TrustRequests => {
+                write_frame(&mut client, &Response::success(daemon.trust_requests())).await?
+            }
+            Request::TrustApprove { ref address } | Request::TrustReject { ref address } => {
+                let approve = matches!(request, Request::TrustApprove { .. });
+                let response = match resolve(daemon, address).await {
+                    Err(response) => response,
+                    Ok(peer) => answer(daemon.answer_trust_request(peer, approve).await),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::Find { target } => {
+                let response = answer(daemon.find_target(&target).await);
+                write_frame(&mut client, &response).await?
+            }
+            Request::NameSet { name } => {
+                let response = match name.as_deref().map(parse_name).transpose() {
+                    Err(response) => response,
+                    Ok(name) => answer(daemon.set_name(name).await),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::NameForget { name } => {
+                let response = match parse_name(&name) {
+                    Err(response) => response,
+                    Ok(name) => answer(
+                        daemon
+                            .forget_name(&name)
+                            .map(|pinned| json!({ "name": name, "was_pinned_to": pinned })),
+                    ),
+                };
+                write_frame(&mut client, &response).await?
+            }
+            Request::Names => write_frame(&mut client, &Response::success(daemon.names())).await?,
+            Request::Alias { name, address } => {
+                let address = match address.map(|a| a.parse::<Address>()).transpose() {
+                    Ok(address) => address,
+                    Err(e) => {
+                        let response = Response::failure("bad_address", e.to_string(), None);
+                        write_frame(&mut client, &response).await?;
+                        continue;
+                    }
+                };
+                let response = match parse_name(&name) {
+                    Err(response) => response,
+                    Ok(name) => answer(daemon.set_alias(name.clone(), address).map(|previous| {
+                        json!({ "name": name, "address": address, "previous": previous })
+                    })),
                 };
                 write_frame(&mut client, &response).await?
             }
@@ -264,7 +341,7 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 source_port,
                 data,
             } => {
-                let response = match (parse_address(&target), hex::decode(&data)) {
+                let response = match (resolve(daemon, &target).await, hex::decode(&data)) {
                     (Err(response), _) => response,
                     (_, Err(e)) => Response::failure(
                         "bad_request",
@@ -282,7 +359,7 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 write_frame(&mut client, &response).await?
             }
             Request::Dial { target, port } => {
-                let peer = match parse_address(&target) {
+                let peer = match resolve(daemon, &target).await {
                     Ok(peer) => peer,
                     Err(response) => {
                         write_frame(&mut client, &response).await?;

@@ -1,6 +1,7 @@
 //! The `ternd` node: a [`Node`] plus everything a daemon adds around it — its home, the trust
-//! list, the rendezvous registry it serves, registration with its configured rendezvous
-//! servers, finding peers by address, and the built-in echo service.
+//! list and trust requests, the rendezvous registry it serves, registration with its
+//! configured rendezvous servers, finding peers by address or name, and the built-in echo
+//! service.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -8,22 +9,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tern_proto::Address;
 use tern_proto::record::{MAX_ENDPOINTS, Record};
+use tern_proto::trust_request::{self, Message, SignedRequest, TRUST_REQUEST_PORT};
+use tern_proto::{Address, Name, Target, TargetError};
 use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
 use crate::home::{Home, HomeError};
+use crate::names::{NAMES_FILE, NameBook, PinMismatch};
 use crate::node::{
     Access, Datagram, DatagramError, DialError, Listener, Node, NodeError, OverlayStream,
     ProbeError,
 };
 use crate::rendezvous::{
-    self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, Registry, unix_now,
+    self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, RateLimiter, RegisterError, Registry,
+    RendezvousError, unix_now,
 };
+use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
-use crate::trust::{TRUST_FILE, TrustError, TrustStore};
+use crate::trust::{TRUST_FILE, TrustList};
+use crate::trust_requests::{self, ExchangeError, REQUESTS_FILE, RequestBook};
 use tokio::sync::mpsc;
 
 /// The UDP port `ternd` listens on unless told otherwise.
@@ -43,7 +49,25 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// `HOST:PORT` of each rendezvous; empty: this node is its own.
     pub rendezvous: Vec<String>,
+    /// The name to claim (`--hostname`); None keeps the name saved in the home, if any.
+    pub hostname: Option<Name>,
+    /// How long a name stays held after its holder's record lapsed (this node as rendezvous).
+    pub name_grace: Duration,
     pub transport: TransportConfig,
+}
+
+impl DaemonConfig {
+    /// The defaults `ternd` uses, for a node in `home` on `listen`.
+    pub fn new(home: Home, listen: SocketAddr, rendezvous: Vec<String>) -> Self {
+        Self {
+            home,
+            listen,
+            rendezvous,
+            hostname: None,
+            name_grace: Duration::from_secs(rendezvous::registry::DEFAULT_NAME_GRACE),
+            transport: TransportConfig::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +75,7 @@ pub enum DaemonError {
     #[error(transparent)]
     Home(#[from] HomeError),
     #[error(transparent)]
-    Trust(#[from] TrustError),
+    Store(#[from] StoreError),
     #[error("cannot listen on UDP {addr}: {source}. Pick another --listen address or port")]
     Bind {
         addr: SocketAddr,
@@ -78,6 +102,38 @@ pub enum DaemonError {
     PortInUse(u16),
     #[error("this client does not listen on port {0}: send `listen` first, on another connection")]
     NotListening(u16),
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
+    #[error(
+        "no node holds the name {0} at this node or its rendezvous servers: check the spelling, \
+         that the node runs with --hostname {0}, and that both use the same rendezvous"
+    )]
+    NameNotFound(Name),
+    #[error("cannot look the name {0} up: {1}")]
+    NameUnresolved(Name, String),
+    #[error(transparent)]
+    Pinned(#[from] PinMismatch),
+    #[error(
+        "the name {name} is held by {holder} at {server}: names go to the first key that claims \
+         them; pick another name"
+    )]
+    NameTaken {
+        name: Name,
+        holder: Address,
+        server: String,
+    },
+    #[error("no alias {0}; `ternctl alias list` shows them")]
+    NoAlias(Name),
+    #[error(
+        "no pending trust request from {0}; `ternctl trust pending` lists them (to trust a node \
+         that did not ask: `ternctl trust add`)"
+    )]
+    NoPendingRequest(Address),
+    #[error("trust request to {peer} not delivered: {source}")]
+    TrustRequest {
+        peer: Address,
+        source: ExchangeError,
+    },
 }
 
 /// What the node knows about one configured rendezvous server.
@@ -88,6 +144,8 @@ struct ServerState {
     registered: bool,
     observed: Option<SocketAddr>,
     last_error: Option<String>,
+    /// Why this server did not take this node's name (another key holds it), if it did not.
+    name_refused: Option<String>,
 }
 
 pub struct Daemon {
@@ -95,9 +153,15 @@ pub struct Daemon {
     node: Node,
     registry: Arc<Mutex<Registry>>,
     servers: Mutex<Vec<ServerState>>,
-    trust: Mutex<TrustStore>,
+    trust: Mutex<JsonFile<TrustList>>,
+    names: Mutex<JsonFile<NameBook>>,
+    requests: Mutex<JsonFile<RequestBook>>,
+    request_limiter: Mutex<RateLimiter>,
     listeners: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<Listener>>>>,
     streams: Mutex<StreamTable>,
+    records_path: std::path::PathBuf,
+    /// The registry as last written to `records_path`.
+    records_written: Mutex<Vec<u8>>,
 }
 
 impl Daemon {
@@ -114,10 +178,18 @@ impl Daemon {
     /// `config.listen` is not used.
     pub fn start_on(config: DaemonConfig, socket: UdpSocket) -> Result<Arc<Self>, DaemonError> {
         let identity = config.home.load_or_create_identity()?;
-        let trust = TrustStore::load(config.home.dir().join(TRUST_FILE))?;
+        let trust = JsonFile::<TrustList>::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
-        node.set_trusted(trust.trusted().iter().copied());
-        let mut registry = Registry::default();
+        node.set_trusted(trust.get().trusted.iter().copied());
+        let mut names = JsonFile::<NameBook>::load(config.home.dir().join(NAMES_FILE))?;
+        if let Some(hostname) = config.hostname {
+            names.update(|book| book.own = Some(hostname))?;
+        }
+        let requests = JsonFile::<RequestBook>::load(config.home.dir().join(REQUESTS_FILE))?;
+        let mut registry = Registry::new(
+            rendezvous::registry::DEFAULT_CAPACITY,
+            config.name_grace.as_secs(),
+        );
         let records_path = config.home.dir().join(RECORDS_FILE);
         if let Ok(bytes) = std::fs::read(&records_path) {
             let (loaded, skipped) = registry.load_file(unix_now(), &bytes);
@@ -137,24 +209,65 @@ impl Daemon {
                         registered: false,
                         observed: None,
                         last_error: None,
+                        name_refused: None,
                     })
                     .collect(),
             ),
             trust: Mutex::new(trust),
+            names: Mutex::new(names),
+            requests: Mutex::new(requests),
+            records_path,
+            records_written: Mutex::new(Vec::new()),
+            request_limiter: Mutex::new(RateLimiter::new(
+                trust_requests::REQUESTS_PER_SECOND,
+                trust_requests::REQUEST_BURST,
+            )),
             listeners: Mutex::new(HashMap::new()),
             streams: Mutex::new(StreamTable::default()),
         });
-        tokio::spawn(rendezvous::serve(node.clone(), daemon.registry.clone()));
+        let claimed = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(rendezvous::serve(
+            node.clone(),
+            daemon.registry.clone(),
+            claimed.clone(),
+        ));
         let echo = node
             .listen(ECHO_PORT, Access::Open)
             .expect("a fresh node has no listener on the echo port");
         tokio::spawn(serve_echo(echo));
+        let trust_requests = node
+            .listen(TRUST_REQUEST_PORT, Access::Open)
+            .expect("a fresh node has no listener on the trust request port");
+        tokio::spawn(serve_trust_requests(
+            Arc::downgrade(&daemon),
+            trust_requests,
+        ));
         tokio::spawn(refresh_own_record(Arc::downgrade(&daemon)));
-        tokio::spawn(persist_records(Arc::downgrade(&daemon), records_path));
+        tokio::spawn(persist_records(Arc::downgrade(&daemon), claimed));
         for index in 0..config.rendezvous.len() {
             tokio::spawn(keep_registered(Arc::downgrade(&daemon), index));
         }
         Ok(daemon)
+    }
+
+    /// Writes the registry to the home if it changed (atomically: temp file, rename).
+    pub fn save_records(&self) {
+        let now = self
+            .registry
+            .lock()
+            .expect("registry lock")
+            .to_file(unix_now());
+        let mut written = self.records_written.lock().expect("records lock");
+        if *written == now {
+            return;
+        }
+        let tmp = self.records_path.with_extension("tmp");
+        match std::fs::write(&tmp, &now).and_then(|()| std::fs::rename(&tmp, &self.records_path)) {
+            Ok(()) => *written = now,
+            Err(e) => {
+                tracing::warn!(file = %self.records_path.display(), error = %e, "cannot save rendezvous records")
+            }
+        }
     }
 
     pub fn node(&self) -> &Node {
@@ -193,12 +306,24 @@ impl Daemon {
         endpoints
     }
 
-    fn own_record(&self) -> Record {
+    /// This node's signed record, claiming its name if `with_name`.
+    fn own_record(&self, with_name: bool) -> Record {
         // Microseconds make every new record's seq larger than the last, across restarts.
         let seq = crate::node::unix_micros();
         let expires = unix_now() + RECORD_LIFETIME.as_secs();
-        Record::sign(self.node.secret_identity(), &self.endpoints(), seq, expires)
-            .expect("endpoints are truncated to the record's maximum")
+        let name = self.own_name().filter(|_| with_name);
+        Record::sign(
+            self.node.secret_identity(),
+            &self.endpoints(),
+            name.as_ref(),
+            seq,
+            expires,
+        )
+        .expect("endpoints are truncated to the record's maximum")
+    }
+
+    pub fn own_name(&self) -> Option<Name> {
+        self.names.lock().expect("names lock").get().own.clone()
     }
 
     /// `target`'s record, from this node's registry or one of its rendezvous servers (which
@@ -212,6 +337,26 @@ impl Daemon {
         {
             return Ok((record.clone(), None));
         }
+        match self
+            .ask_servers(|server| rendezvous::lookup(&self.node, server, target))
+            .await
+        {
+            Ok(Some((record, server))) => Ok((record, Some(server))),
+            Ok(None) => Err(DaemonError::NotFound(target)),
+            Err(detail) => Err(DaemonError::Unreachable {
+                peer: target,
+                detail,
+            }),
+        }
+    }
+
+    /// Asks each rendezvous in turn until one has the record; `Err` lists why the ones that
+    /// could not answer did not.
+    async fn ask_servers<F, Fut>(&self, lookup: F) -> Result<Option<(Record, Address)>, String>
+    where
+        F: Fn(Address) -> Fut,
+        Fut: Future<Output = Result<Option<Record>, RendezvousError>>,
+    {
         let servers: Vec<(String, Option<Address>)> = self
             .servers
             .lock()
@@ -232,19 +377,15 @@ impl Daemon {
                     }
                 },
             };
-            match rendezvous::lookup(&self.node, server, target).await {
-                Ok(Some(record)) => return Ok((record, Some(server))),
+            match lookup(server).await {
+                Ok(Some(record)) => return Ok(Some((record, server))),
                 Ok(None) => {}
-                Err(e) => errors.push(format!("rendezvous {server}: {e}")),
+                Err(e) => errors.push(format!("rendezvous {spec}: {e}")),
             }
         }
-        if errors.is_empty() {
-            Err(DaemonError::NotFound(target))
-        } else {
-            Err(DaemonError::Unreachable {
-                peer: target,
-                detail: errors.join("; "),
-            })
+        match errors.is_empty() {
+            true => Ok(None),
+            false => Err(errors.join("; ")),
         }
     }
 
@@ -279,7 +420,7 @@ impl Daemon {
         // probes already meet an open NAT on its side.
         let introduced = match via {
             Some(server) => {
-                rendezvous::request_introduction(&self.node, server, target, self.own_record())
+                rendezvous::request_introduction(&self.node, server, target, self.own_record(false))
                     .await
             }
             None => Ok(()),
@@ -393,8 +534,8 @@ impl Daemon {
     /// Trusts or stops trusting `peer`; applies to the node at once. False if unchanged.
     pub fn set_trust(&self, peer: Address, trusted: bool) -> Result<bool, DaemonError> {
         let mut trust = self.trust.lock().expect("trust lock");
-        let changed = trust.set(peer, trusted)?;
-        self.node.set_trusted(trust.trusted().iter().copied());
+        let changed = trust.update(|list| list.set(peer, trusted))?;
+        self.node.set_trusted(trust.get().trusted.iter().copied());
         Ok(changed)
     }
 
@@ -402,10 +543,299 @@ impl Daemon {
         self.trust
             .lock()
             .expect("trust lock")
-            .trusted()
+            .get()
+            .trusted
             .iter()
             .copied()
             .collect()
+    }
+
+    /// Stores this node's record in its own registry, with its name unless another key
+    /// registered here holds it.
+    fn register_with_self(&self) -> Result<(), RegisterError> {
+        let mut registry = self.registry.lock().expect("registry lock");
+        match registry.register(unix_now(), self.own_record(true)) {
+            Err(RegisterError::NameTaken { .. }) => {
+                registry.register(unix_now(), self.own_record(false))
+            }
+            other => other,
+        }
+    }
+
+    /// The address a TARGET names: an address as it is, a name through the operator's
+    /// aliases, else the rendezvous (checked against the pinned key).
+    pub async fn resolve(&self, target: &str) -> Result<Address, DaemonError> {
+        match target.parse::<Target>()? {
+            Target::Address(address) => Ok(address),
+            Target::Name(name) => match self.alias(&name) {
+                Some(address) => Ok(address),
+                None => Ok(self.find_name(&name).await?.address()),
+            },
+        }
+    }
+
+    /// What `ternctl find` shows: the target's verified record and how the name resolved.
+    pub async fn find_target(&self, target: &str) -> Result<Value, DaemonError> {
+        let parsed = target.parse::<Target>()?;
+        let (record, via) = match &parsed {
+            Target::Address(address) => (self.find(*address).await?.0, "address"),
+            Target::Name(name) => match self.alias(name) {
+                Some(address) => (self.find(address).await?.0, "alias"),
+                None => (self.find_name(name).await?, "rendezvous"),
+            },
+        };
+        Ok(json!({
+            "target": target,
+            "address": record.address(),
+            "public_key": hex::encode(record.identity.key_bytes()),
+            "name": record.name,
+            "endpoints": record.endpoints,
+            "expires": record.expires,
+            "via": via,
+        }))
+    }
+
+    fn alias(&self, name: &Name) -> Option<Address> {
+        let names = self.names.lock().expect("names lock");
+        names.get().aliases.get(name).copied()
+    }
+
+    /// The live record that holds `name`, from this node's registry or its rendezvous
+    /// servers, checked against (or else pinned as) the key this node saw for it first.
+    async fn find_name(&self, name: &Name) -> Result<Record, DaemonError> {
+        let own = self
+            .registry
+            .lock()
+            .expect("registry lock")
+            .lookup_name(unix_now(), name)
+            .cloned();
+        let record = match own {
+            Some(record) => record,
+            None => match self
+                .ask_servers(|server| rendezvous::lookup_name(&self.node, server, name))
+                .await
+            {
+                Ok(Some((record, _))) => record,
+                Ok(None) => return Err(DaemonError::NameNotFound(name.clone())),
+                Err(detail) => return Err(DaemonError::NameUnresolved(name.clone(), detail)),
+            },
+        };
+        let mut names = self.names.lock().expect("names lock");
+        if let Some(pin) = names.get().check_pin(name, &record, unix_now())? {
+            tracing::info!(%name, address = %pin.address, "name pinned");
+            names.update(|book| book.pinned.insert(name.clone(), pin))?;
+        }
+        Ok(record)
+    }
+
+    /// Claims `name` (or, with None, drops this node's name) at once: saved in the home and
+    /// registered with every rendezvous. A name another key holds is refused and the old
+    /// name kept.
+    pub async fn set_name(&self, name: Option<Name>) -> Result<Value, DaemonError> {
+        let previous = self.own_name();
+        self.names
+            .lock()
+            .expect("names lock")
+            .update(|book| book.own = name.clone())?;
+        let mut taken = match self.register_with_self() {
+            Err(RegisterError::NameTaken { name, holder }) => {
+                Some((name, holder, "this node".to_string()))
+            }
+            _ => None,
+        };
+        let mut pending = Vec::new();
+        let servers: Vec<String> = self
+            .servers
+            .lock()
+            .expect("server state lock")
+            .iter()
+            .map(|s| s.server.clone())
+            .collect();
+        for spec in servers {
+            if taken.is_some() {
+                break;
+            }
+            let server = match self.reach_server(&spec).await {
+                Ok(server) => server,
+                Err(e) => {
+                    pending.push(format!("rendezvous {spec}: {e}"));
+                    continue;
+                }
+            };
+            match rendezvous::register(&self.node, server, self.own_record(true)).await {
+                Ok(_) => {}
+                Err(RendezvousError::NameTaken { name, holder }) => {
+                    taken = Some((name, holder, spec))
+                }
+                Err(e) => pending.push(format!("rendezvous {spec}: {e}")),
+            }
+        }
+        if let Some((name, holder, server)) = taken {
+            self.names
+                .lock()
+                .expect("names lock")
+                .update(|book| book.own = previous)?;
+            let _ = self.register_with_self();
+            return Err(DaemonError::NameTaken {
+                name,
+                holder,
+                server,
+            });
+        }
+        Ok(json!({ "name": name, "address": self.node.address(), "not_registered": pending }))
+    }
+
+    /// Forgets the key pinned for `name`: the next lookup pins whatever key it finds.
+    pub fn forget_name(&self, name: &Name) -> Result<Option<Address>, DaemonError> {
+        let mut names = self.names.lock().expect("names lock");
+        let pin = names.update(|book| book.pinned.remove(name))?;
+        Ok(pin.map(|p| p.address))
+    }
+
+    pub fn set_alias(
+        &self,
+        name: Name,
+        address: Option<Address>,
+    ) -> Result<Option<Address>, DaemonError> {
+        let mut names = self.names.lock().expect("names lock");
+        let previous = names.update(|book| match address {
+            Some(address) => book.aliases.insert(name.clone(), address),
+            None => book.aliases.remove(&name),
+        })?;
+        if address.is_none() && previous.is_none() {
+            return Err(DaemonError::NoAlias(name));
+        }
+        Ok(previous)
+    }
+
+    pub fn names(&self) -> Value {
+        let names = self.names.lock().expect("names lock");
+        let book = names.get();
+        json!({ "own": book.own, "aliases": book.aliases, "pinned": book.pinned })
+    }
+
+    /// Sends a signed trust request to `target`; its operator answers with `trust approve`
+    /// (then each side trusts the other) or `trust reject`.
+    pub async fn request_trust(&self, target: &str, reason: &str) -> Result<Address, DaemonError> {
+        let peer = self.resolve(target).await?;
+        let request = SignedRequest::sign(self.node.secret_identity(), peer, unix_now(), reason)
+            .map_err(|e| DaemonError::TrustRequest {
+                peer,
+                source: ExchangeError::Stream(e.to_string()),
+            })?;
+        self.ensure_connected(peer).await?;
+        // Noted first: the approval may come back before the answer to the request does.
+        self.requests
+            .lock()
+            .expect("requests lock")
+            .update(|book| book.add_outgoing(peer, unix_now()))?;
+        let sent =
+            trust_requests::send(&self.node, peer, &Message::Request(Box::new(request))).await;
+        if let Err(source) = sent {
+            self.requests
+                .lock()
+                .expect("requests lock")
+                .update(|book| book.end_outgoing(peer))?;
+            return Err(DaemonError::TrustRequest { peer, source });
+        }
+        Ok(peer)
+    }
+
+    pub fn trust_requests(&self) -> Value {
+        let requests = self.requests.lock().expect("requests lock");
+        json!({ "pending": requests.get().pending_list(), "outgoing": requests.get().outgoing_list() })
+    }
+
+    /// Answers `peer`'s pending request: approval trusts it here; either way the peer is
+    /// told (best effort: the answer here stands even if it cannot be told now).
+    pub async fn answer_trust_request(
+        &self,
+        peer: Address,
+        approve: bool,
+    ) -> Result<Value, DaemonError> {
+        let request = self
+            .requests
+            .lock()
+            .expect("requests lock")
+            .update(|book| book.take_pending(peer))?;
+        if request.is_none() {
+            return Err(DaemonError::NoPendingRequest(peer));
+        }
+        if approve {
+            self.set_trust(peer, true)?;
+        }
+        let message = if approve {
+            Message::Approved
+        } else {
+            Message::Rejected
+        };
+        let told = async {
+            self.ensure_connected(peer).await?;
+            trust_requests::send(&self.node, peer, &message)
+                .await
+                .map_err(|source| DaemonError::TrustRequest { peer, source })
+        }
+        .await;
+        Ok(json!({
+            "address": peer,
+            "approved": approve,
+            "told": told.is_ok(),
+            "told_error": told.err().map(|e| e.to_string()),
+        }))
+    }
+
+    /// One message on the trust request port from a verified peer.
+    fn on_trust_message(&self, peer: Address, message: Message) -> trust_request::Answer {
+        use trust_request::Answer;
+        let refused = |e: &dyn std::fmt::Display| Answer::Refused(e.to_string());
+        let mut requests = self.requests.lock().expect("requests lock");
+        match message {
+            Message::Request(request) => {
+                let allowed = self
+                    .request_limiter
+                    .lock()
+                    .expect("limiter lock")
+                    .allow(std::time::Instant::now(), peer);
+                if !allowed {
+                    return Answer::Refused("too many trust requests; wait a minute".into());
+                }
+                if self.trust_list().contains(&peer) {
+                    return Answer::Accepted;
+                }
+                let me = self.node.address();
+                match requests.update(|book| book.receive(&request, peer, me, unix_now())) {
+                    Ok(Ok(new)) => {
+                        if new {
+                            tracing::info!(%peer, reason = %request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
+                        }
+                        Answer::Accepted
+                    }
+                    Ok(Err(e)) => refused(&e),
+                    Err(e) => refused(&e),
+                }
+            }
+            Message::Approved | Message::Rejected => {
+                match requests.update(|book| book.end_outgoing(peer)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Answer::Refused("this node sent you no trust request".into());
+                    }
+                    Err(e) => return refused(&e),
+                }
+                drop(requests);
+                if matches!(message, Message::Rejected) {
+                    tracing::warn!(%peer, "trust request rejected");
+                    return Answer::Accepted;
+                }
+                match self.set_trust(peer, true) {
+                    Ok(_) => {
+                        tracing::info!(%peer, "trust request approved; trusting it in return");
+                        Answer::Accepted
+                    }
+                    Err(e) => refused(&e),
+                }
+            }
+        }
     }
 
     pub fn status(&self) -> Value {
@@ -422,10 +852,40 @@ impl Daemon {
             "endpoints": self.endpoints(),
             "registered": registered,
             "rendezvous": if servers.is_empty() { json!("self") } else { json!(servers) },
+            "name": self.own_name(),
             "peers": self.node.peers().len(),
             "records_held": self.registry.lock().expect("registry lock").len(),
             "home": self.home.dir(),
         })
+    }
+}
+
+async fn serve_trust_requests(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
+    while let Some(mut stream) = listener.accept().await {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                stream.recv.read_to_end(trust_request::MAX_MESSAGE_LEN),
+            )
+            .await;
+            let answer = match read {
+                Ok(Ok(bytes)) => match Message::decode(&bytes) {
+                    Ok(message) => match daemon.upgrade() {
+                        Some(d) => d.on_trust_message(stream.peer, message),
+                        None => return,
+                    },
+                    Err(e) => trust_request::Answer::Refused(e.to_string()),
+                },
+                _ => return,
+            };
+            if let trust_request::Answer::Refused(reason) = &answer {
+                tracing::info!(peer = %stream.peer, %reason, "trust request message refused");
+            }
+            let _ = stream.send.write_all(&answer.encode()).await;
+            let _ = stream.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.send.stopped()).await;
+        });
     }
 }
 
@@ -443,13 +903,7 @@ async fn serve_echo(mut listener: Listener) {
 async fn refresh_own_record(daemon: std::sync::Weak<Daemon>) {
     loop {
         let Some(d) = daemon.upgrade() else { return };
-        let record = d.own_record();
-        if let Err(e) = d
-            .registry
-            .lock()
-            .expect("registry lock")
-            .register(unix_now(), record)
-        {
+        if let Err(e) = d.register_with_self() {
             tracing::warn!(error = %e, "own record not stored");
         }
         drop(d);
@@ -457,28 +911,15 @@ async fn refresh_own_record(daemon: std::sync::Weak<Daemon>) {
     }
 }
 
-/// Writes the registry to the home whenever it changed (atomically: temp file, rename).
-async fn persist_records(daemon: std::sync::Weak<Daemon>, path: std::path::PathBuf) {
-    let mut written = Vec::new();
+/// Saves the registry every few seconds, and at once when a name is newly claimed.
+async fn persist_records(daemon: std::sync::Weak<Daemon>, claimed: Arc<tokio::sync::Notify>) {
     loop {
-        tokio::time::sleep(PERSIST_INTERVAL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PERSIST_INTERVAL) => {}
+            _ = claimed.notified() => {}
+        }
         let Some(d) = daemon.upgrade() else { return };
-        let now = d
-            .registry
-            .lock()
-            .expect("registry lock")
-            .to_file(unix_now());
-        drop(d);
-        if now == written {
-            continue;
-        }
-        let tmp = path.with_extension("tmp");
-        match std::fs::write(&tmp, &now).and_then(|()| std::fs::rename(&tmp, &path)) {
-            Ok(()) => written = now,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot save rendezvous records")
-            }
-        }
+        d.save_records();
     }
 }
 
@@ -526,10 +967,7 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
 
 async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
     let server = daemon.reach_server(spec).await?;
-    let observed = rendezvous::register(&daemon.node, server, daemon.own_record())
-        .await
-        .map_err(|e| e.to_string())?;
-    let observed = canonical(observed);
+    let observed = canonical(register_record(daemon, spec, server).await?);
     let known = daemon.endpoints().contains(&observed);
     {
         let mut servers = daemon.servers.lock().expect("server state lock");
@@ -539,11 +977,39 @@ async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAd
     }
     if !known {
         // Publish the address the rendezvous saw too (the NAT's, seen from outside).
-        rendezvous::register(&daemon.node, server, daemon.own_record())
-            .await
-            .map_err(|e| e.to_string())?;
+        register_record(daemon, spec, server).await?;
     }
     Ok((server, observed))
+}
+
+/// Registers this node's record with its name; if another key holds the name there, notes
+/// why and registers without it, so the node stays reachable by address.
+async fn register_record(
+    daemon: &Daemon,
+    spec: &str,
+    server: Address,
+) -> Result<SocketAddr, String> {
+    let named = rendezvous::register(&daemon.node, server, daemon.own_record(true)).await;
+    let refused = match &named {
+        Err(e @ RendezvousError::NameTaken { .. }) => Some(e.to_string()),
+        _ => None,
+    };
+    {
+        let mut servers = daemon.servers.lock().expect("server state lock");
+        if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
+            if refused.is_some() && state.name_refused != refused {
+                tracing::error!(server = %spec, reason = refused.as_deref().unwrap_or_default(), "name not taken");
+            }
+            state.name_refused = refused.clone();
+        }
+    }
+    match named {
+        Err(RendezvousError::NameTaken { .. }) => {
+            rendezvous::register(&daemon.node, server, daemon.own_record(false)).await
+        }
+        other => other,
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// 75–125 % of `base`, so that many nodes retrying do not move in lockstep.

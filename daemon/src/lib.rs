@@ -4,10 +4,13 @@
 pub mod api;
 pub mod daemon;
 pub mod home;
+pub mod names;
 pub mod node;
 pub mod rendezvous;
+pub mod store;
 pub mod streams;
 pub mod transport;
 pub mod trust;
+pub mod trust_requests;
 
 pub use node::{Access, DialError, Listener, Node, OverlayStream, PeerInfo, TransportConfig};

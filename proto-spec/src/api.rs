@@ -18,7 +18,8 @@ pub enum Request {
     Status,
     /// Connected peers and their paths.
     Peers,
-    /// Open a stream to `port` on `target` (an address); the connection becomes the stream.
+    /// Open a stream to `port` on `target` (an address or a name, as everywhere a `target`
+    /// appears); the connection becomes the stream.
     Dial {
         target: String,
         port: u16,
@@ -61,6 +62,39 @@ pub enum Request {
         address: String,
     },
     TrustList,
+    /// Ask `target`'s operator to trust this node (a signed request over the overlay).
+    TrustRequest {
+        target: String,
+        #[serde(default)]
+        reason: String,
+    },
+    /// Trust requests to this node waiting for an answer, and ours not answered yet.
+    TrustRequests,
+    TrustApprove {
+        address: String,
+    },
+    TrustReject {
+        address: String,
+    },
+    /// `target`'s verified record: address, public key, name, endpoints.
+    Find {
+        target: String,
+    },
+    /// Claim `name` for this node, or with `null` give its name up.
+    NameSet {
+        name: Option<String>,
+    },
+    /// Forget the key pinned for `name`.
+    NameForget {
+        name: String,
+    },
+    /// This node's name, aliases and pinned names.
+    Names,
+    /// Set (`address` given) or remove an alias.
+    Alias {
+        name: String,
+        address: Option<String>,
+    },
 }
 
 fn default_outcome_wait_ms() -> u64 {

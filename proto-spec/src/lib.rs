@@ -8,12 +8,15 @@ pub mod address;
 pub mod api;
 pub mod control;
 pub mod identity;
+pub mod name;
 pub mod packet;
 pub mod record;
 pub mod rendezvous;
 pub mod service;
 pub mod stream;
+pub mod trust_request;
 pub mod wire;
 
 pub use address::{Address, ParseAddressError};
 pub use identity::{IdentityError, KeyFileError, PublicIdentity, SecretIdentity};
+pub use name::{Name, NameError, Target, TargetError};

@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! version 0x01 | public key (32) | work nonce u64 | seq u64 | expires u64 (Unix seconds)
-//! | endpoint count u8 (≤ 8) | endpoints (§5.1 encoding each) | Ed25519 signature (64)
+//! | endpoint count u8 (≤ 8) | endpoints (§5.1 encoding each)
+//! | name length u8 (0: no name; ≤ 63) | name (crate::name rule) | Ed25519 signature (64)
 //! signature = Ed25519(key, "tern 2026-11 endpoint record v1" || every byte before it)
 //! ```
 
 use crate::address::Address;
 use crate::identity::{IdentityError, PublicIdentity, SecretIdentity};
+use crate::name::{Name, put_name, read_name};
 use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
 use ed25519_dalek::{Signature, Signer, Verifier};
 use std::net::SocketAddr;
@@ -16,8 +18,8 @@ use std::net::SocketAddr;
 const SIGNING_CONTEXT: &[u8] = b"tern 2026-11 endpoint record v1";
 const VERSION: u8 = 0x01;
 pub const MAX_ENDPOINTS: usize = 8;
-/// Larger than any valid record: 1 + 32 + 24 + 1 + 8 × 19 + 64.
-pub const MAX_RECORD_LEN: usize = 274;
+/// Larger than any valid record: 1 + 32 + 24 + 1 + 8 × 19 + 1 + 63 + 64.
+pub const MAX_RECORD_LEN: usize = 338;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -37,6 +39,8 @@ pub enum RecordError {
 pub struct Record {
     pub identity: PublicIdentity,
     pub endpoints: Vec<SocketAddr>,
+    /// The name the node claims, if any.
+    pub name: Option<Name>,
     pub seq: u64,
     pub expires: u64,
     bytes: Vec<u8>,
@@ -46,6 +50,7 @@ impl Record {
     pub fn sign(
         me: &SecretIdentity,
         endpoints: &[SocketAddr],
+        name: Option<&Name>,
         seq: u64,
         expires: u64,
     ) -> Result<Self, RecordError> {
@@ -62,11 +67,13 @@ impl Record {
         for e in endpoints {
             put_socket_addr(&mut bytes, *e);
         }
+        put_name(&mut bytes, name);
         let signature = me.signing_key().sign(&signed_message(&bytes));
         bytes.extend_from_slice(&signature.to_bytes());
         Ok(Self {
             identity: *public,
             endpoints: endpoints.to_vec(),
+            name: name.cloned(),
             seq,
             expires,
             bytes,
@@ -95,6 +102,7 @@ impl Record {
         let endpoints = (0..count)
             .map(|_| read_socket_addr(&mut r))
             .collect::<Result<Vec<_>, _>>()?;
+        let name = read_name(&mut r)?;
         let body_len = bytes.len() - r.rest_len();
         let signature = Signature::from_bytes(&r.array("signature")?);
         r.finish("record")?;
@@ -106,6 +114,7 @@ impl Record {
         Ok(Self {
             identity,
             endpoints,
+            name,
             seq,
             expires,
             bytes: bytes.to_vec(),
@@ -132,6 +141,7 @@ fn signed_message(body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::name::MAX_NAME_LEN;
     use proptest::prelude::*;
 
     fn me() -> &'static SecretIdentity {
@@ -145,7 +155,8 @@ mod tests {
             "192.0.2.1:7440".parse().unwrap(),
             "[2001:db8::1]:9".parse().unwrap(),
         ];
-        let record = Record::sign(me(), &endpoints, 3, 1_900_000_000).unwrap();
+        let name: Name = "alpha".parse().unwrap();
+        let record = Record::sign(me(), &endpoints, Some(&name), 3, 1_900_000_000).unwrap();
         let back = Record::decode(record.as_bytes()).unwrap();
         assert_eq!(back, record);
         assert_eq!(back.address(), me().address());
@@ -159,6 +170,17 @@ mod tests {
             );
         }
         assert!(record.as_bytes().len() <= MAX_RECORD_LEN);
+        let largest = Record::sign(
+            me(),
+            &[endpoints[1]; MAX_ENDPOINTS],
+            Some(&"x".repeat(MAX_NAME_LEN).parse().unwrap()),
+            3,
+            1,
+        )
+        .unwrap();
+        assert_eq!(largest.as_bytes().len(), MAX_RECORD_LEN);
+        let nameless = Record::sign(me(), &endpoints, None, 3, 1).unwrap();
+        assert_eq!(Record::decode(nameless.as_bytes()).unwrap().name, None);
     }
 
     proptest! {

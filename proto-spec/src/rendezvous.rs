@@ -6,18 +6,24 @@
 //! request: 0x01 Register  | record length u16 | record       (record: crate::record)
 //!          0x02 Lookup    | address (6)
 //!          0x03 Introduce | target address (6) | record length u16 | the asker's record
+//!          0x04 LookupName | name (length u8, name)
 //! answer:  0x00 Registered | observed socket address (the asker's address as seen by the server)
 //!          0x01 Found      | record length u16 | record
 //!          0x02 NotFound
 //!          0x03 Refused    | reason length u16 | reason (UTF-8)
 //!          0x04 Introduced
+//!          0x05 NameTaken  | name (length u8, name) | the holder's address (6)
 //! ```
+//! A `Register` whose record claims a name that another key holds is answered `NameTaken`
+//! and not stored; the node registers again without the name. `LookupName` is answered with
+//! the live record that holds the name, which the asker checks carries that name.
 //! `Introduce` asks the server to pass the asker's record to `target` over the target's own
 //! connection, so that both start probing each other's endpoints at once (hole punching). A
 //! node that receives `Introduce` naming itself as target starts probing the record's
 //! endpoints.
 
 use crate::address::Address;
+use crate::name::{Name, put_name, read_name};
 use crate::record::{MAX_RECORD_LEN, Record, RecordError};
 use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
 use std::net::SocketAddr;
@@ -34,6 +40,7 @@ pub enum Request {
         target: Address,
         record: Box<Record>,
     },
+    LookupName(Name),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +50,7 @@ pub enum Answer {
     NotFound,
     Refused(String),
     Introduced,
+    NameTaken { name: Name, holder: Address },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +89,13 @@ fn read_record(r: &mut Reader<'_>) -> Result<Box<Record>, MessageError> {
     )?)?))
 }
 
+fn required_name(r: &mut Reader<'_>) -> Result<Name, DecodeError> {
+    read_name(r)?.ok_or(DecodeError::Invalid {
+        what: "name",
+        detail: "empty".into(),
+    })
+}
+
 impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -98,6 +113,10 @@ impl Request {
                 out.extend_from_slice(&target.to_bytes());
                 put_blob(&mut out, record.as_bytes());
             }
+            Self::LookupName(name) => {
+                out.push(0x04);
+                put_name(&mut out, Some(name));
+            }
         }
         out
     }
@@ -111,6 +130,7 @@ impl Request {
                 target: Address::from_bytes(r.array("target address")?),
                 record: read_record(&mut r)?,
             },
+            0x04 => Self::LookupName(required_name(&mut r)?),
             other => {
                 return Err(DecodeError::Invalid {
                     what: "request type",
@@ -143,6 +163,11 @@ impl Answer {
                 put_blob(&mut out, reason.as_bytes());
             }
             Self::Introduced => out.push(0x04),
+            Self::NameTaken { name, holder } => {
+                out.push(0x05);
+                put_name(&mut out, Some(name));
+                out.extend_from_slice(&holder.to_bytes());
+            }
         }
         out
     }
@@ -156,6 +181,10 @@ impl Answer {
             0x01 => Self::Found(read_record(&mut r)?),
             0x02 => Self::NotFound,
             0x04 => Self::Introduced,
+            0x05 => Self::NameTaken {
+                name: required_name(&mut r)?,
+                holder: Address::from_bytes(r.array("holder address")?),
+            },
             0x03 => Self::Refused(
                 String::from_utf8_lossy(read_blob(&mut r, MAX_MESSAGE_LEN, "reason")?).into_owned(),
             ),
@@ -181,7 +210,9 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let me = SecretIdentity::from_seed([5; 32]);
-        let record = Record::sign(&me, &["192.0.2.1:1".parse().unwrap()], 1, 99).unwrap();
+        let name: Name = "alpha".parse().unwrap();
+        let record =
+            Record::sign(&me, &["192.0.2.1:1".parse().unwrap()], Some(&name), 1, 99).unwrap();
         for request in [
             Request::Register(Box::new(record.clone())),
             Request::Lookup(me.address()),
@@ -189,6 +220,7 @@ mod tests {
                 target: me.address(),
                 record: Box::new(record.clone()),
             },
+            Request::LookupName(name.clone()),
         ] {
             assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         }
@@ -200,6 +232,10 @@ mod tests {
             Answer::NotFound,
             Answer::Refused("stale seq".into()),
             Answer::Introduced,
+            Answer::NameTaken {
+                name,
+                holder: me.address(),
+            },
         ] {
             assert!(answer.encode().len() <= MAX_MESSAGE_LEN);
             assert_eq!(Answer::decode(&answer.encode()).unwrap(), answer);

@@ -58,6 +58,11 @@ impl<'a> Reader<'a> {
         self.bytes.len()
     }
 
+    /// The bytes not read yet, without consuming them.
+    pub fn peek_rest(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.bytes)
     }

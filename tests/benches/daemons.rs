@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_ctl::Client;
+use tern_daemon::Access;
 use tern_daemon::daemon::{Daemon, DaemonConfig};
 use tern_daemon::home::Home;
-use tern_daemon::{Access, TransportConfig};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const CHUNK: usize = 256 * 1024;
@@ -20,12 +20,11 @@ async fn start(home: &std::path::Path, rendezvous: Vec<String>) -> (Arc<Daemon>,
     let api = tern_daemon::api::bind(&home.socket_path())
         .await
         .expect("socket");
-    let daemon = Daemon::start(DaemonConfig {
-        home: home.clone(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
+    let daemon = Daemon::start(DaemonConfig::new(
+        home.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
         rendezvous,
-        transport: TransportConfig::default(),
-    })
+    ))
     .expect("daemon");
     tokio::spawn(tern_daemon::api::serve(daemon.clone(), api));
     let client = Client::for_home(Some(home.dir().to_path_buf())).expect("client");

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern_daemon::Access;
 use tern_daemon::daemon::{Daemon, DaemonConfig};
 use tern_daemon::home::Home;
-use tern_daemon::{Access, TransportConfig};
 use tern_netsim::internet::{Host, Internet, NatKind};
 use tokio::io::AsyncWriteExt;
 
@@ -30,12 +30,11 @@ fn start(host: &Host, port: u16, rendezvous: &[String]) -> Node {
         .bind_udp(SocketAddr::from((host.address, port)))
         .expect("enter namespace")
         .expect("bind");
-    let config = DaemonConfig {
-        home: Home::at(home.path()),
-        listen: socket.local_addr().expect("addr"),
-        rendezvous: rendezvous.to_vec(),
-        transport: TransportConfig::default(),
-    };
+    let config = DaemonConfig::new(
+        Home::at(home.path()),
+        socket.local_addr().expect("addr"),
+        rendezvous.to_vec(),
+    );
     Node {
         daemon: Daemon::start_on(config, socket).expect("daemon"),
         _home: home,

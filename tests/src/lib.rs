@@ -6,6 +6,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 
 /// Path of a workspace binary built for this test run (cargo builds them before the tests).
 pub fn binary(name: &str) -> PathBuf {
@@ -290,4 +292,34 @@ pub fn free_local_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
+}
+
+/// A TCP service on loopback that runs `handle` on a thread per connection; returns its port.
+pub fn tcp_service(handle: fn(TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || handle(conn));
+        }
+    });
+    port
+}
+
+/// Answers each JSON-RPC line's `id` with `{"echo": method}`, after a notification the client
+/// must skip.
+pub fn json_rpc_service() -> u16 {
+    tcp_service(|conn| {
+        let mut writer = conn.try_clone().expect("clone the connection");
+        for line in BufReader::new(conn).lines().map_while(Result::ok) {
+            let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+                return;
+            };
+            let note = r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#;
+            let reply = serde_json::json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["method"]}});
+            if writeln!(writer, "{note}\n{reply}").is_err() {
+                return;
+            }
+        }
+    })
 }

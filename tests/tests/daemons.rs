@@ -1,42 +1,12 @@
 //! Two real `ternd`s on loopback, driven by `ternctl` exactly as DESIGN.md's command line says.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use tern_tests::{Daemon, binary};
-
-/// A TCP service on loopback that runs `handle` on a thread per connection; returns its port.
-fn tcp_service(handle: fn(TcpStream)) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || handle(conn));
-        }
-    });
-    port
-}
-
-/// Answers each JSON-RPC line's `id` with `{"echo": method}`, after a notification the client
-/// must skip.
-fn json_rpc_service() -> u16 {
-    tcp_service(|conn| {
-        let mut writer = conn.try_clone().unwrap();
-        for line in BufReader::new(conn).lines().map_while(Result::ok) {
-            let msg: serde_json::Value = serde_json::from_str(&line).unwrap();
-            writeln!(
-                writer,
-                r#"{{"jsonrpc":"2.0","method":"notifications/progress"}}"#
-            )
-            .unwrap();
-            let reply = serde_json::json!({"jsonrpc": "2.0", "id": msg["id"], "result": {"echo": msg["method"]}});
-            writeln!(writer, "{reply}").unwrap();
-        }
-    })
-}
+use tern_tests::{Daemon, binary, json_rpc_service, tcp_service};
 
 /// Echoes every byte, then closes its write side.
 fn echo_service() -> u16 {
@@ -224,9 +194,13 @@ fn errors_say_what_is_wrong_and_what_to_do() {
     );
 
     let a = Daemon::start(&[]);
-    let out = a.ternctl(&["ping", "not-an-address"]);
+    let out = a.ternctl(&["ping", "Not/An_Address"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("a1b2:c3d4:e5f6"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("a1b2:c3d4:e5f6") && said.contains("lowercase a-z"),
+        "{said}"
+    );
     let out = a.ternctl(&["connect", &a.address]);
     assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
     let (ok, doc) = a.ternctl_json(&["connect", "0000:0000:0001", "2000", "--message", "{}"]);

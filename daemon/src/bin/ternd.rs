@@ -2,12 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use tern_daemon::TransportConfig;
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig};
 use tern_daemon::home::Home;
+use tern_proto::Name;
 
 #[derive(Parser)]
 #[command(
@@ -42,7 +43,12 @@ struct RunArgs {
         value_delimiter = ','
     )]
     rendezvous: Vec<String>,
-    /// TOML configuration file (keys: listen, rendezvous, log_format). Flags win over it.
+    /// Claim this name at the rendezvous servers, so peers can use it instead of the address
+    /// (lowercase a-z, 0-9 and '-', 1-63 characters). Kept in the home for later runs.
+    #[arg(long, value_name = "NAME", env = "TERN_HOSTNAME")]
+    hostname: Option<Name>,
+    /// TOML configuration file (keys: listen, rendezvous, hostname, log_format,
+    /// name_grace_days). Flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format on stderr: text or json. Levels via RUST_LOG (default info).
@@ -72,7 +78,10 @@ struct ConfigFile {
     listen: Option<SocketAddr>,
     #[serde(default)]
     rendezvous: Vec<String>,
+    hostname: Option<Name>,
     log_format: Option<String>,
+    /// As a rendezvous: days a name stays held after its holder's record lapsed.
+    name_grace_days: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -145,12 +154,11 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
         (false, false) => args.rendezvous,
     };
     home.ensure_dir()?;
-    let config = DaemonConfig {
-        home: home.clone(),
-        listen,
-        rendezvous,
-        transport: TransportConfig::default(),
-    };
+    let mut config = DaemonConfig::new(home.clone(), listen, rendezvous);
+    config.hostname = args.hostname.or(file.hostname);
+    if let Some(days) = file.name_grace_days {
+        config.name_grace = Duration::from_secs(days.saturating_mul(24 * 3600));
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let socket_path = home.socket_path();
@@ -169,6 +177,7 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
         wait_for_shutdown().await?;
         tracing::info!("shutting down");
         served.abort();
+        daemon.save_records();
         node.close().await;
         let _ = std::fs::remove_file(&socket_path);
         Ok(())

@@ -9,17 +9,17 @@
 pub mod ratelimit;
 pub mod registry;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tern_proto::Address;
 use tern_proto::record::Record;
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_PORT, Request};
+use tern_proto::{Address, Name};
 
 use crate::node::{Access, DialError, Node, OverlayStream};
 pub use ratelimit::RateLimiter;
-pub use registry::Registry;
+pub use registry::{RegisterError, Registry};
 
 /// Rendezvous requests one peer may make: a burst, then this many a second.
 const REQUESTS_PER_SECOND: f64 = 1000.0;
@@ -28,11 +28,19 @@ const REQUEST_BURST: f64 = 2000.0;
 /// the target): each one makes the target probe.
 const INTRODUCTIONS_PER_SECOND: f64 = 1.0;
 const INTRODUCTION_BURST: f64 = 10.0;
+/// New name claims, per key and per source IP: a few at once, then one a minute (per key)
+/// or one every ten seconds (per source, which many nodes behind one NAT share).
+const CLAIMS_PER_SECOND_PER_KEY: f64 = 1.0 / 60.0;
+const CLAIM_BURST_PER_KEY: f64 = 5.0;
+const CLAIMS_PER_SECOND_PER_SOURCE: f64 = 0.1;
+const CLAIM_BURST_PER_SOURCE: f64 = 20.0;
 
 /// The limits a rendezvous applies per peer.
 pub struct Limits {
     requests: Mutex<RateLimiter>,
     introductions: Mutex<RateLimiter>,
+    claims_per_key: Mutex<RateLimiter>,
+    claims_per_source: Mutex<RateLimiter<IpAddr>>,
 }
 
 impl Default for Limits {
@@ -42,6 +50,14 @@ impl Default for Limits {
             introductions: Mutex::new(RateLimiter::new(
                 INTRODUCTIONS_PER_SECOND,
                 INTRODUCTION_BURST,
+            )),
+            claims_per_key: Mutex::new(RateLimiter::new(
+                CLAIMS_PER_SECOND_PER_KEY,
+                CLAIM_BURST_PER_KEY,
+            )),
+            claims_per_source: Mutex::new(RateLimiter::new(
+                CLAIMS_PER_SECOND_PER_SOURCE,
+                CLAIM_BURST_PER_SOURCE,
             )),
         }
     }
@@ -74,10 +90,16 @@ pub enum RendezvousError {
     Refused(String),
     #[error("the rendezvous answered {0:?} to a {1} request")]
     Unexpected(Box<Answer>, &'static str),
+    #[error(
+        "the name {name} is held by {holder}: names go to the first key that claims them; pick \
+         another name"
+    )]
+    NameTaken { name: Name, holder: Address },
 }
 
 /// Serves rendezvous requests on port 1 until the node shuts down.
-pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>) {
+/// `claimed` is notified when a name is newly claimed (worth saving at once).
+pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>, claimed: Arc<tokio::sync::Notify>) {
     let limits = Arc::new(Limits::default());
     let mut listener = match node.listen(RENDEZVOUS_PORT, Access::Open) {
         Ok(listener) => listener,
@@ -88,8 +110,9 @@ pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>) {
     };
     while let Some(stream) = listener.accept().await {
         let (node, registry, limits) = (node.clone(), registry.clone(), limits.clone());
+        let claimed = claimed.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &node, &registry, &limits).await {
+            if let Err(e) = answer(stream, &node, &registry, &limits, &claimed).await {
                 tracing::debug!(error = %e, "rendezvous request failed");
             }
         });
@@ -101,6 +124,7 @@ async fn answer(
     node: &Node,
     registry: &Mutex<Registry>,
     limits: &Limits,
+    claimed: &tokio::sync::Notify,
 ) -> Result<(), RendezvousError> {
     let peer = stream.peer;
     let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.recv.read_to_end(MAX_MESSAGE_LEN))
@@ -108,16 +132,21 @@ async fn answer(
         .map_err(|_| RendezvousError::Timeout)?
         .map_err(|e| RendezvousError::Stream(e.to_string()))?;
     let now = std::time::Instant::now();
-    let allowed = |limiter: &Mutex<RateLimiter>, who: Address| {
+    fn allowed<K: std::hash::Hash + Eq>(
+        limiter: &Mutex<RateLimiter<K>>,
+        now: std::time::Instant,
+        who: K,
+    ) -> bool {
         limiter.lock().expect("rate limiter lock").allow(now, who)
-    };
+    }
+    let source = node.remote_of(peer).map(|at| at.ip());
     let answer = match Request::decode(&bytes) {
-        _ if !allowed(&limits.requests, peer) => {
+        _ if !allowed(&limits.requests, now, peer) => {
             Answer::Refused("too many requests; slow down".into())
         }
         Err(e) => Answer::Refused(e.to_string()),
         Ok(Request::Introduce { ref record, .. })
-            if !allowed(&limits.introductions, record.address()) =>
+            if !allowed(&limits.introductions, now, record.address()) =>
         {
             Answer::Refused("too many introductions; slow down".into())
         }
@@ -128,15 +157,33 @@ async fn answer(
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
         Ok(Request::Introduce { target, record }) => introduce(node, peer, target, *record).await,
+        Ok(Request::LookupName(name)) => {
+            let registry = registry.lock().expect("registry lock");
+            registry
+                .lookup_name(unix_now(), &name)
+                .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
+        }
         Ok(Request::Register(record)) => {
-            let outcome = registry
-                .lock()
-                .expect("registry lock")
-                .register(unix_now(), *record);
-            match (outcome, node.remote_of(peer)) {
-                (Ok(()), Some(observed)) => Answer::Registered { observed },
-                (Ok(()), None) => Answer::Refused("the connection went away".into()),
-                (Err(e), _) => Answer::Refused(e.to_string()),
+            let mut registry = registry.lock().expect("registry lock");
+            let new_claim = registry.is_new_claim(&record);
+            let claim_allowed = !new_claim
+                || (allowed(&limits.claims_per_key, now, record.address())
+                    && source.is_some_and(|ip| allowed(&limits.claims_per_source, now, ip)));
+            if !claim_allowed {
+                Answer::Refused("too many new name claims; try again in a minute".into())
+            } else {
+                let registered = registry.register(unix_now(), *record);
+                if new_claim && registered.is_ok() {
+                    claimed.notify_one();
+                }
+                match (registered, node.remote_of(peer)) {
+                    (Ok(()), Some(observed)) => Answer::Registered { observed },
+                    (Ok(()), None) => Answer::Refused("the connection went away".into()),
+                    (Err(RegisterError::NameTaken { name, holder }), _) => {
+                        Answer::NameTaken { name, holder }
+                    }
+                    (Err(e), _) => Answer::Refused(e.to_string()),
+                }
             }
         }
     };
@@ -236,6 +283,7 @@ pub async fn register(
 ) -> Result<SocketAddr, RendezvousError> {
     match ask(node, server, &Request::Register(Box::new(record))).await? {
         Answer::Registered { observed } => Ok(observed),
+        Answer::NameTaken { name, holder } => Err(RendezvousError::NameTaken { name, holder }),
         Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
         other => Err(RendezvousError::Unexpected(Box::new(other), "register")),
     }
@@ -257,5 +305,29 @@ pub async fn lookup(
         Answer::NotFound => Ok(None),
         Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
         other => Err(RendezvousError::Unexpected(Box::new(other), "lookup")),
+    }
+}
+
+/// The live record that holds `name` at `server`; it must carry that name (it is signed, so
+/// the server cannot attach a name to another node's record).
+pub async fn lookup_name(
+    node: &Node,
+    server: Address,
+    name: &Name,
+) -> Result<Option<Record>, RendezvousError> {
+    match ask(node, server, &Request::LookupName(name.clone())).await? {
+        Answer::Found(record)
+            if record.name.as_ref() == Some(name) && record.is_live(unix_now()) =>
+        {
+            Ok(Some(*record))
+        }
+        Answer::Found(record) => Err(RendezvousError::Refused(format!(
+            "answered a lookup for the name {name} with a record of {} that does not claim it \
+             or has expired",
+            record.address()
+        ))),
+        Answer::NotFound => Ok(None),
+        Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
+        other => Err(RendezvousError::Unexpected(Box::new(other), "name lookup")),
     }
 }

@@ -1,7 +1,8 @@
-//! Token buckets per peer, no clock of their own: time enters as `now`. Used to bound what
-//! one peer can make a rendezvous (or the node it introduces) do.
+//! Token buckets per peer (or per source IP), no clock of their own: time enters as `now`.
+//! Used to bound what one peer can make a rendezvous (or the node it introduces) do.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::Instant;
 
 use tern_proto::Address;
@@ -10,13 +11,13 @@ use tern_proto::Address;
 const MAX_TRACKED: usize = 16_384;
 
 #[derive(Debug)]
-pub struct RateLimiter {
+pub struct RateLimiter<K = Address> {
     per_second: f64,
     burst: f64,
-    buckets: HashMap<Address, (f64, Instant)>,
+    buckets: HashMap<K, (f64, Instant)>,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new(per_second: f64, burst: f64) -> Self {
         Self {
             per_second,
@@ -26,7 +27,7 @@ impl RateLimiter {
     }
 
     /// Takes one token from `peer`'s bucket if it has one.
-    pub fn allow(&mut self, now: Instant, peer: Address) -> bool {
+    pub fn allow(&mut self, now: Instant, peer: K) -> bool {
         if self.buckets.len() >= MAX_TRACKED {
             let (rate, burst) = (self.per_second, self.burst);
             self.buckets.retain(|_, (tokens, at)| {
@@ -54,7 +55,7 @@ mod tests {
     #[test]
     fn a_burst_then_the_steady_rate_and_peers_are_independent() {
         let (a, b) = (Address::from_bytes([1; 6]), Address::from_bytes([2; 6]));
-        let mut limiter = RateLimiter::new(2.0, 3.0);
+        let mut limiter = RateLimiter::<Address>::new(2.0, 3.0);
         let t0 = Instant::now();
         assert_eq!((0..5).filter(|_| limiter.allow(t0, a)).count(), 3);
         assert!(limiter.allow(t0, b), "another peer has its own bucket");

@@ -7,6 +7,7 @@ mod forward;
 mod id;
 mod listen;
 mod mcp;
+mod names;
 mod output;
 mod ping;
 mod status;
@@ -26,7 +27,8 @@ use tern_daemon::home::Home;
     version,
     about = "Operate a local tern node",
     long_about = "Operate a local tern node through its daemon's local API (HOME/ternd.sock). \
-        TARGET is a node address (xxxx:xxxx:xxxx). Exit code 0 on success, 1 on failure, 2 on \
+        TARGET is a node address (xxxx:xxxx:xxxx) or a name (an alias of yours, or a name a \
+        node claimed with `ternd --hostname`). Exit code 0 on success, 1 on failure, 2 on \
         a usage error."
 )]
 struct Cli {
@@ -68,6 +70,18 @@ enum Command {
     Expose(expose::ExposeArgs),
     /// Map a local TCP port to PORT on TARGET: one overlay stream per TCP connection.
     Forward(forward::ForwardArgs),
+    /// A node's verified record by name or address: address, public key, endpoints.
+    Find { target: String },
+    /// This node's name: claim one, give it up, or forget a name's pinned key.
+    Name {
+        #[command(subcommand)]
+        command: names::NameCommand,
+    },
+    /// Your own names for nodes, checked before any rendezvous.
+    Alias {
+        #[command(subcommand)]
+        command: names::AliasCommand,
+    },
     /// Carry MCP's stdio transport: expose a server command, or connect to one.
     Mcp {
         #[command(subcommand)]
@@ -128,6 +142,9 @@ fn run(cli: Cli) -> Result<Report, Failure> {
             Command::Expose(args) => expose::run(&client, args).await,
             Command::Forward(args) => forward::run(&client, args).await,
             Command::Mcp { command } => mcp::run(&client, command).await,
+            Command::Find { target } => names::find(&client, &target).await,
+            Command::Name { command } => names::name(&client, command).await,
+            Command::Alias { command } => names::alias(&client, command).await,
         }
     });
     // A stdin read may still block in tokio's thread pool (the peer closed first); do not
@@ -148,11 +165,11 @@ pub fn failure(e: ClientError) -> Failure {
 /// Checks a TARGET now, so a typo is a usage-level error before anything is sent.
 pub fn check_target(target: &str) -> Result<(), Failure> {
     target
-        .parse::<tern_proto::Address>()
+        .parse::<tern_proto::Target>()
         .map(|_| ())
         .map_err(|e| {
             Failure::new("bad_address", e.to_string())
-                .hint("use the address `ternctl id` prints on the other node")
+                .hint("use the address `ternctl id` prints on the other node, or its name")
         })
 }
 

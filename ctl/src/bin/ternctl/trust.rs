@@ -1,4 +1,5 @@
-//! `ternctl trust add|remove|list`: who may open streams to this node's private ports.
+//! `ternctl trust add|remove|list`: who may open streams to this node's private ports; and
+//! `trust request|pending|approve|reject`: asking another operator for trust, and answering.
 
 use clap::Subcommand;
 
@@ -14,6 +15,19 @@ pub enum TrustCommand {
     Remove { address: String },
     /// The trusted addresses.
     List,
+    /// Ask TARGET's operator to trust this node; approval makes each side trust the other.
+    Request {
+        target: String,
+        /// Why, shown to the other operator (at most 500 bytes).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Trust requests waiting for your answer (and yours still unanswered).
+    Pending,
+    /// Approve ADDR's request: trust it here, and it trusts this node.
+    Approve { address: String },
+    /// Reject ADDR's request.
+    Reject { address: String },
 }
 
 pub async fn run(client: &Client, command: TrustCommand) -> Result<Report, Failure> {
@@ -43,7 +57,64 @@ pub async fn run(client: &Client, command: TrustCommand) -> Result<Report, Failu
                 .unwrap_or_default();
             Ok(Report { data, text })
         }
+        TrustCommand::Request { target, reason } => {
+            check_target(&target)?;
+            let data = client
+                .trust_request(&target, &reason)
+                .await
+                .map_err(failure)?;
+            let text = format!(
+                "asked {} to trust this node; its operator answers with `ternctl trust approve`",
+                data["address"].as_str().unwrap_or(&target)
+            );
+            Ok(Report { data, text })
+        }
+        TrustCommand::Pending => {
+            let data = client.trust_requests().await.map_err(failure)?;
+            let mut lines: Vec<String> = data["pending"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}  {}",
+                        r["address"].as_str().unwrap_or("?"),
+                        r["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            for r in data["outgoing"].as_array().into_iter().flatten() {
+                let address = r["address"].as_str().unwrap_or("?");
+                lines.push(format!("(asked {address}, no answer yet)"));
+            }
+            Ok(Report {
+                data,
+                text: lines.join("\n"),
+            })
+        }
+        TrustCommand::Approve { address } => answer(client, &address, true).await,
+        TrustCommand::Reject { address } => answer(client, &address, false).await,
     }
+}
+
+async fn answer(client: &Client, address: &str, approve: bool) -> Result<Report, Failure> {
+    check_target(address)?;
+    let data = client
+        .trust_answer(address, approve)
+        .await
+        .map_err(failure)?;
+    let mut text = if approve {
+        format!("approved {address}: it may open streams to private ports now")
+    } else {
+        format!("rejected {address}")
+    };
+    if data["told"] != true {
+        text.push_str(&format!(
+            " (could not tell it yet: {})",
+            data["told_error"].as_str().unwrap_or("unknown")
+        ));
+    }
+    Ok(Report { data, text })
 }
 
 /// Adds or removes one address; `said` is (what a change says, what no change says).

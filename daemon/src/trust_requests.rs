@@ -1,0 +1,248 @@
+//! Trust requests: a peer asks this node's operator to trust it (`ternctl trust request`),
+//! the operator answers with `trust approve` or `trust reject`, and the answer goes back so
+//! that approval adds each side to the other's trust list. The book of pending (incoming)
+//! and outgoing requests lives in the home as `trust-requests.json`; incoming requests are
+//! kept as their signed bytes and verified again when read back.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use tern_proto::Address;
+use tern_proto::trust_request::{Answer, MAX_MESSAGE_LEN, Message, SignedRequest};
+
+use crate::node::{DialError, Node};
+
+pub const REQUESTS_FILE: &str = "trust-requests.json";
+/// Incoming requests kept at once; more are refused until the operator answers some.
+pub const MAX_PENDING: usize = 256;
+/// How far a request's time may be from ours (clock skew; older ones are replays).
+pub const MAX_SKEW_SECS: u64 = 600;
+/// Requests one peer may send: a few, then one every ten seconds.
+pub const REQUESTS_PER_SECOND: f64 = 0.1;
+pub const REQUEST_BURST: f64 = 3.0;
+const EXCHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RequestBook {
+    /// Requests to this node, by sender: the signed request in hex and when it arrived.
+    #[serde(default)]
+    pending: BTreeMap<Address, Pending>,
+    /// Requests this node sent and that are not answered yet: peer → Unix seconds sent.
+    #[serde(default)]
+    outgoing: BTreeMap<Address, u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Pending {
+    request: String,
+    received: u64,
+}
+
+/// Why an incoming request was not recorded; the text goes back to the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRefusal {
+    #[error("the request was signed by {signer} but arrived from {peer}")]
+    WrongSender { signer: Address, peer: Address },
+    #[error("the request is addressed to {0}, not to this node")]
+    WrongAddressee(Address),
+    #[error("the request's time is more than {MAX_SKEW_SECS} s from this node's clock")]
+    Stale,
+    #[error("this node holds {MAX_PENDING} pending trust requests; try again later")]
+    Full,
+}
+
+impl RequestBook {
+    /// Records a verified request from `peer` to `me`; a newer request from the same peer
+    /// replaces the older one. Returns whether it is new (not a repeat of a pending one).
+    pub fn receive(
+        &mut self,
+        request: &SignedRequest,
+        peer: Address,
+        me: Address,
+        now_unix: u64,
+    ) -> Result<bool, RequestRefusal> {
+        let signer = request.from.address();
+        if signer != peer {
+            return Err(RequestRefusal::WrongSender { signer, peer });
+        }
+        if request.to != me {
+            return Err(RequestRefusal::WrongAddressee(request.to));
+        }
+        if request.sent.abs_diff(now_unix) > MAX_SKEW_SECS {
+            return Err(RequestRefusal::Stale);
+        }
+        let repeat = self
+            .pending(peer)
+            .is_some_and(|old| old.reason == request.reason);
+        if !self.pending.contains_key(&peer) && self.pending.len() >= MAX_PENDING {
+            return Err(RequestRefusal::Full);
+        }
+        self.pending.insert(
+            peer,
+            Pending {
+                request: hex::encode(request.as_bytes()),
+                received: now_unix,
+            },
+        );
+        Ok(!repeat)
+    }
+
+    /// The verified pending request from `peer`, if any.
+    pub fn pending(&self, peer: Address) -> Option<SignedRequest> {
+        let pending = self.pending.get(&peer)?;
+        let bytes = hex::decode(&pending.request).ok()?;
+        SignedRequest::decode(&bytes)
+            .ok()
+            .filter(|r| r.from.address() == peer)
+    }
+
+    pub fn take_pending(&mut self, peer: Address) -> Option<SignedRequest> {
+        let request = self.pending(peer);
+        self.pending.remove(&peer);
+        request
+    }
+
+    /// The pending requests as the local API shows them (damaged entries left out).
+    pub fn pending_list(&self) -> Vec<Value> {
+        self.pending
+            .iter()
+            .filter_map(|(&peer, pending)| {
+                let request = self.pending(peer)?;
+                Some(json!({
+                    "address": peer,
+                    "public_key": hex::encode(request.from.key_bytes()),
+                    "reason": request.reason,
+                    "sent": request.sent,
+                    "received": pending.received,
+                }))
+            })
+            .collect()
+    }
+
+    pub fn add_outgoing(&mut self, peer: Address, now_unix: u64) {
+        self.outgoing.insert(peer, now_unix);
+    }
+
+    /// Ends our request to `peer`; false if we had none (an answer nobody asked for).
+    pub fn end_outgoing(&mut self, peer: Address) -> bool {
+        self.outgoing.remove(&peer).is_some()
+    }
+
+    pub fn has_outgoing(&self, peer: Address) -> bool {
+        self.outgoing.contains_key(&peer)
+    }
+
+    pub fn outgoing_list(&self) -> Vec<Value> {
+        self.outgoing
+            .iter()
+            .map(|(peer, sent)| json!({ "address": peer, "sent": sent }))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("the trust request exchange failed: {0}")]
+    Stream(String),
+    #[error("no answer within {EXCHANGE_TIMEOUT:?}")]
+    Timeout,
+    #[error("{peer} refused: {reason}")]
+    Refused { peer: Address, reason: String },
+}
+
+/// Sends one message to `peer` (already connected) and reads its answer.
+pub async fn send(node: &Node, peer: Address, message: &Message) -> Result<(), ExchangeError> {
+    let exchange = async {
+        let stream_err = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
+        let mut stream = node
+            .open_stream(peer, tern_proto::trust_request::TRUST_REQUEST_PORT)
+            .await?;
+        stream
+            .send
+            .write_all(&message.encode())
+            .await
+            .map_err(|e| stream_err(&e))?;
+        stream.send.finish().map_err(|e| stream_err(&e))?;
+        let bytes = stream
+            .recv
+            .read_to_end(MAX_MESSAGE_LEN)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        match Answer::decode(&bytes).map_err(|e| stream_err(&e))? {
+            Answer::Accepted => Ok(()),
+            Answer::Refused(reason) => Err(ExchangeError::Refused { peer, reason }),
+        }
+    };
+    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| ExchangeError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_proto::SecretIdentity;
+
+    #[test]
+    fn requests_are_checked_deduplicated_and_bounded() {
+        let asker = SecretIdentity::from_seed([51; 32]);
+        let me = SecretIdentity::from_seed([52; 32]).address();
+        let peer = asker.address();
+        let request = |reason: &str, sent| SignedRequest::sign(&asker, me, sent, reason).unwrap();
+        let mut book = RequestBook::default();
+        assert_eq!(book.receive(&request("hi", 1000), peer, me, 1000), Ok(true));
+        assert_eq!(
+            book.receive(&request("hi", 1001), peer, me, 1001),
+            Ok(false)
+        );
+        assert_eq!(
+            book.receive(&request("again", 1002), peer, me, 1002),
+            Ok(true)
+        );
+        assert_eq!(book.pending(peer).unwrap().reason, "again");
+        assert_eq!(
+            book.receive(&request("hi", 1000), peer, me, 5000),
+            Err(RequestRefusal::Stale)
+        );
+        let other = Address::from_bytes([9; 6]);
+        assert!(matches!(
+            book.receive(&request("hi", 1000), other, me, 1000),
+            Err(RequestRefusal::WrongSender { .. })
+        ));
+        assert!(matches!(
+            book.receive(&request("hi", 1000), peer, other, 1000),
+            Err(RequestRefusal::WrongAddressee(_))
+        ));
+        assert_eq!(book.pending_list().len(), 1);
+        assert_eq!(book.take_pending(peer).unwrap().reason, "again");
+        assert!(book.pending(peer).is_none());
+        for n in 0..MAX_PENDING {
+            let mut bytes = [0u8; 6];
+            bytes[..2].copy_from_slice(&(n as u16).to_be_bytes());
+            book.pending.insert(
+                Address::from_bytes(bytes),
+                Pending {
+                    request: String::new(),
+                    received: 0,
+                },
+            );
+        }
+        assert_eq!(
+            book.receive(&request("hi", 1000), peer, me, 1000),
+            Err(RequestRefusal::Full)
+        );
+    }
+
+    #[test]
+    fn answers_count_only_for_requests_we_sent() {
+        let mut book = RequestBook::default();
+        let peer = Address::from_bytes([3; 6]);
+        assert!(!book.end_outgoing(peer));
+        book.add_outgoing(peer, 10);
+        assert!(book.has_outgoing(peer));
+        assert!(book.end_outgoing(peer));
+        assert!(!book.has_outgoing(peer));
+    }
+}
