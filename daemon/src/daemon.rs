@@ -28,6 +28,7 @@ use crate::rendezvous::{
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
+use crate::traversal::{self, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, ExchangeError, REQUESTS_FILE, RequestBook};
 use tokio::sync::mpsc;
@@ -40,6 +41,8 @@ pub const ECHO_PORT: u16 = 7;
 pub const FIRST_APP_PORT: u16 = 1024;
 /// The rendezvous records this node holds, kept across restarts.
 pub const RECORDS_FILE: &str = "rendezvous.records";
+/// The longest a dial waits for punching before it also tries the relay.
+const PUNCH_HEAD_START: Duration = Duration::from_millis(250);
 /// How often changed records are written out (a crash loses at most this much).
 const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -149,6 +152,10 @@ struct ServerState {
 }
 
 pub struct Daemon {
+    /// This daemon, for the tasks it starts.
+    me: std::sync::Weak<Daemon>,
+    /// Peers whose connection a path monitor watches.
+    monitored: Mutex<std::collections::HashSet<Address>>,
     home: Home,
     node: Node,
     registry: Arc<Mutex<Registry>>,
@@ -195,7 +202,9 @@ impl Daemon {
             let (loaded, skipped) = registry.load_file(unix_now(), &bytes);
             tracing::info!(loaded, skipped, file = %records_path.display(), "rendezvous records restored");
         }
-        let daemon = Arc::new(Self {
+        let daemon = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            monitored: Mutex::new(Default::default()),
             home: config.home,
             node: node.clone(),
             registry: Arc::new(Mutex::new(registry)),
@@ -399,11 +408,15 @@ impl Daemon {
         self.node.connect_any(at).await.map_err(|e| e.to_string())
     }
 
-    /// A verified connection to `target`, found through the rendezvous if need be. Punches
-    /// first: the rendezvous that knows the target introduces us, both sides probe each
-    /// other's endpoints from their one socket, and QUIC goes to the endpoint that answered.
-    /// Plain dials to each endpoint come next (peers that do not know us yet), and last the
-    /// rendezvous relays the QUIC packets (no common direct path, e.g. symmetric NATs).
+    /// A verified connection to `target`, found through the rendezvous if need be.
+    ///
+    /// Found through a rendezvous, the target can be punched to and relayed to at once: the
+    /// rendezvous introduces us (both sides probe each other's endpoints from their one
+    /// socket) while a connection through the relay is set up. The punch gets a head start of
+    /// two round trips to the rendezvous; after that the first path up carries the first
+    /// byte, and [`traversal::run`] moves the connection to the direct path if punching
+    /// works later, and back to the relay if the direct path fails. A target in this node's
+    /// own registry (we are its rendezvous) is dialled at its endpoints.
     pub async fn ensure_connected(&self, target: Address) -> Result<(), DaemonError> {
         if target == self.node.address() {
             return Err(DaemonError::Unreachable {
@@ -416,46 +429,76 @@ impl Daemon {
         }
         let (record, via) = self.find(target).await?;
         self.node.learn(&record.identity);
-        // The introduction is answered once the target has started probing us, so our first
-        // probes already meet an open NAT on its side.
-        let introduced = match via {
-            Some(server) => {
-                rendezvous::request_introduction(&self.node, server, target, self.own_record(false))
-                    .await
-            }
-            None => Ok(()),
+        let relayed_by = via.and_then(|server| Some((server, self.node.remote_of(server)?)));
+        let Some((server, relay)) = relayed_by else {
+            return self.dial_endpoints(target, &record.endpoints).await;
         };
-        let answered = self
+        let punch = self.punch(target, server, &record.endpoints);
+        tokio::pin!(punch);
+        let head_start = self
             .node
-            .probe(target, &record.endpoints, PUNCH_WINDOW)
-            .await;
-        if let Err(e) = &introduced {
-            tracing::debug!(peer = %target, error = %e, "no introduction");
-        }
-        let mut errors = Vec::new();
-        // After an introduction that no probe answered, plain dials would only time out:
-        // neither NAT lets the other in. Go to the relay.
-        let punch_failed = introduced.is_ok() && via.is_some() && answered.is_none();
-        let plain = if punch_failed {
-            Vec::new()
-        } else {
-            record.endpoints.clone()
+            .rtt(server)
+            .map_or(PUNCH_HEAD_START, |rtt| (rtt * 2).min(PUNCH_HEAD_START))
+            + Duration::from_millis(20);
+        let early = tokio::time::timeout(head_start, &mut punch).await;
+        let answered = match early {
+            Ok(answered) => answered,
+            Err(_) => {
+                let relayed = self.node.connect_via_relay(target, relay);
+                tokio::select! {
+                    connected = relayed => match connected {
+                        Ok(()) => {
+                            tracing::info!(peer = %target, %relay, "connected through the relay; punching goes on");
+                            self.monitor(target, relay, server, &record, Path::Relay);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %target, error = %e, "relay failed; waiting for the punch");
+                            punch.await
+                        }
+                    },
+                    answered = &mut punch => answered,
+                }
+            }
         };
-        for endpoint in answered.into_iter().chain(plain) {
+        if let Some(endpoint) = answered {
+            match self.node.connect(target, endpoint).await {
+                Ok(()) => {
+                    self.monitor(target, relay, server, &record, Path::Direct(endpoint));
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %target, error = %e, "punched, yet the dial failed")
+                }
+            }
+        }
+        if !self.node.is_connected(target)
+            && let Err(e) = self.node.connect_via_relay(target, relay).await
+        {
+            // Not connected to that rendezvous, say: its endpoints may still answer a dial.
+            return self
+                .dial_endpoints(target, &record.endpoints)
+                .await
+                .map_err(|dialled| DaemonError::Unreachable {
+                    peer: target,
+                    detail: format!("no punched path, through the relay: {e}; {dialled}"),
+                });
+        }
+        self.monitor(target, relay, server, &record, Path::Relay);
+        Ok(())
+    }
+
+    /// Plain dials to each endpoint in turn.
+    async fn dial_endpoints(
+        &self,
+        target: Address,
+        endpoints: &[SocketAddr],
+    ) -> Result<(), DaemonError> {
+        let mut errors = Vec::new();
+        for &endpoint in endpoints {
             match self.node.connect(target, endpoint).await {
                 Ok(()) => return Ok(()),
                 Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if let Some(server) = via
-            && let Some(relay) = self.node.remote_of(server)
-        {
-            match self.node.connect_via_relay(target, relay).await {
-                Ok(()) => {
-                    tracing::info!(peer = %target, %relay, "connected through the relay");
-                    return Ok(());
-                }
-                Err(e) => errors.push(format!("through the relay: {e}")),
             }
         }
         Err(DaemonError::Unreachable {
@@ -466,6 +509,46 @@ impl Daemon {
                 errors.join("; ")
             },
         })
+    }
+
+    /// One round of hole punching to `target` through the rendezvous `server`: the endpoint
+    /// that answered first, if any.
+    pub(crate) async fn punch(
+        &self,
+        target: Address,
+        server: Address,
+        endpoints: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        // The introduction is answered once the target has started probing us, so our first
+        // probes already meet an open NAT on its side.
+        let introduced =
+            rendezvous::request_introduction(&self.node, server, target, self.own_record(false))
+                .await;
+        if let Err(e) = &introduced {
+            tracing::debug!(peer = %target, error = %e, "no introduction");
+        }
+        self.node.probe(target, endpoints, PUNCH_WINDOW).await
+    }
+
+    /// Starts the path monitor for the connection to `target`, unless one runs.
+    fn monitor(
+        &self,
+        target: Address,
+        relay: SocketAddr,
+        server: Address,
+        record: &Record,
+        path: Path,
+    ) {
+        if !self.monitored.lock().expect("monitor lock").insert(target) {
+            return;
+        }
+        let (me, candidates) = (self.me.clone(), record.endpoints.clone());
+        tokio::spawn(async move {
+            traversal::run(me.clone(), target, relay, server, candidates, path).await;
+            if let Some(d) = me.upgrade() {
+                d.monitored.lock().expect("monitor lock").remove(&target);
+            }
+        });
     }
 
     pub async fn dial(&self, target: Address, port: u16) -> Result<OverlayStream, DaemonError> {

@@ -10,6 +10,7 @@ pub mod rendezvous;
 pub mod store;
 pub mod streams;
 pub mod transport;
+pub mod traversal;
 pub mod trust;
 pub mod trust_requests;
 

@@ -306,6 +306,8 @@ struct Peer {
 struct Known {
     keys: Arc<ControlKeys>,
     replay: ReplayWindow,
+    /// Where its latest ping came from (a peer-reflexive punching candidate).
+    pinged_from: Option<SocketAddr>,
 }
 
 /// Identities kept for sealed control packets; past this, an unconnected one is forgotten.
@@ -361,6 +363,7 @@ impl State {
             Known {
                 keys: Arc::new(ControlKeys::new(me, peer)),
                 replay: ReplayWindow::default(),
+                pinged_from: None,
             },
         );
     }
@@ -560,6 +563,11 @@ impl Node {
         direct_address(&self.shared, peer)
     }
 
+    /// QUIC's round-trip estimate to a connected peer.
+    pub fn rtt(&self, peer: Address) -> Option<Duration> {
+        self.shared.state().live_connection(peer).map(|c| c.rtt())
+    }
+
     /// Whether a verified connection to `peer` is up.
     pub fn is_connected(&self, peer: Address) -> bool {
         self.shared.state().live_connection(peer).is_some()
@@ -747,9 +755,30 @@ impl Node {
         outcome.map(|_| started.elapsed())
     }
 
+    /// Whether `peer` answers a sealed ping at `endpoint` within `timeout` (a direct path
+    /// check).
+    pub async fn check_path(&self, peer: Address, endpoint: SocketAddr, timeout: Duration) -> bool {
+        self.ping_within(peer, Some(endpoint), timeout)
+            .await
+            .is_ok()
+    }
+
+    /// Sends the connection to `peer` along `route` from now on; false if there is none.
+    pub fn set_route(&self, peer: Address, route: Route) -> bool {
+        // Ask quinn first, then take the path lock (never both at once).
+        let Some(connection) = self.shared.state().live_connection(peer) else {
+            return false;
+        };
+        let synthetic = connection.remote_address();
+        self.shared.socket.paths().set_route(synthetic, route);
+        true
+    }
+
     /// Hole punching: pings every candidate endpoint of a known peer, again and again from
     /// this node's one socket, until one answers or `within` passes. Each ping also opens this
     /// side's NAT towards that endpoint; the peer does the same towards us at the same time.
+    /// A ping from the peer arriving from an address not among the candidates (its NAT gave
+    /// it a new mapping towards us: a peer-reflexive address) becomes a candidate too.
     /// Returns the first endpoint that answered.
     pub async fn probe(
         &self,
@@ -759,7 +788,14 @@ impl Node {
     ) -> Option<SocketAddr> {
         let deadline = tokio::time::Instant::now() + within;
         let mut probes = tokio::task::JoinSet::new();
-        for &candidate in candidates.iter().take(tern_proto::record::MAX_ENDPOINTS) {
+        let mut probing = Vec::new();
+        let spawn = |candidate: SocketAddr,
+                     probing: &mut Vec<SocketAddr>,
+                     probes: &mut tokio::task::JoinSet<Option<SocketAddr>>| {
+            if probing.contains(&candidate) || probing.len() > tern_proto::record::MAX_ENDPOINTS {
+                return;
+            }
+            probing.push(candidate);
             let node = self.clone();
             probes.spawn(async move {
                 while tokio::time::Instant::now() < deadline {
@@ -775,13 +811,26 @@ impl Node {
                 }
                 None
             });
+        };
+        for &candidate in candidates.iter().take(tern_proto::record::MAX_ENDPOINTS) {
+            spawn(candidate, &mut probing, &mut probes);
         }
-        while let Some(done) = probes.join_next().await {
-            if let Ok(Some(candidate)) = done {
-                return Some(candidate);
+        let mut ticks = tokio::time::interval(PROBE_INTERVAL / 3);
+        loop {
+            tokio::select! {
+                done = probes.join_next() => match done {
+                    Some(Ok(Some(candidate))) => return Some(candidate),
+                    Some(_) => {}
+                    None => return None,
+                },
+                _ = ticks.tick(), if tokio::time::Instant::now() < deadline => {
+                    let reflexive = self.shared.state().known.get(&peer).and_then(|k| k.pinged_from);
+                    if let Some(reflexive) = reflexive {
+                        spawn(reflexive, &mut probing, &mut probes);
+                    }
+                }
             }
         }
-        None
     }
 
     /// Asks a STUN server which address this node's socket appears from.
@@ -1102,6 +1151,7 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
     };
     match message {
         ControlMessage::Ping { txid } => {
+            known.pinged_from = Some(packet.from);
             let counter = shared
                 .control_counter
                 .lock()

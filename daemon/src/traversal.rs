@@ -1,0 +1,216 @@
+//! Keeping a connection on the best path to a peer behind NATs. The dialling side owns the
+//! decision: it starts on whichever path is up first (a punched direct path, or the relay),
+//! moves the connection to the direct path when punching succeeds, back to the relay when the
+//! direct path stops answering, and tries direct again later, backing off.
+//!
+//! Moving is one route change in the path table: quinn keeps its synthetic address, so the
+//! connection and its streams never notice. The peer sees the packets arrive along the new
+//! path and follows with QUIC connection migration; its replies reach us along either path.
+//!
+//! [`PathMonitor`] makes the decisions without I/O or a clock of its own (time comes in as
+//! `now`); [`run`] is the thin async shell that sends the probes and applies the switches.
+
+use std::net::SocketAddr;
+use std::sync::Weak;
+use std::time::Duration;
+
+use tern_proto::Address;
+use tokio::time::Instant;
+
+use crate::daemon::Daemon;
+use crate::transport::paths::Route;
+
+/// How often a direct path is checked with a sealed ping, and how long each check waits.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Checks missed in a row before the direct path counts as gone.
+pub const MAX_MISSES: u32 = 3;
+/// The first retry of the direct path after falling back to the relay, doubling up to
+/// [`MAX_RETRY`] while punching keeps failing.
+pub const FIRST_RETRY: Duration = Duration::from_secs(3);
+pub const MAX_RETRY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    Direct(SocketAddr),
+    Relay,
+}
+
+/// What the shell should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Ping this direct endpoint; report with [`PathMonitor::on_check`].
+    Check(SocketAddr),
+    /// Punch (introduction + probes); report with [`PathMonitor::on_punch`].
+    Punch,
+    /// Nothing until this instant.
+    WaitUntil(Instant),
+}
+
+#[derive(Debug)]
+pub struct PathMonitor {
+    path: Path,
+    misses: u32,
+    next_at: Instant,
+    retry: Duration,
+}
+
+impl PathMonitor {
+    /// A monitor for a connection that runs on `path` now: on the relay the first punch is
+    /// due at once, on a direct path the first check after [`CHECK_INTERVAL`].
+    pub fn new(now: Instant, path: Path) -> Self {
+        Self {
+            path,
+            misses: 0,
+            next_at: match path {
+                Path::Direct(_) => now + CHECK_INTERVAL,
+                Path::Relay => now,
+            },
+            retry: FIRST_RETRY,
+        }
+    }
+
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    pub fn poll(&self, now: Instant) -> Action {
+        if now < self.next_at {
+            return Action::WaitUntil(self.next_at);
+        }
+        match self.path {
+            Path::Direct(endpoint) => Action::Check(endpoint),
+            Path::Relay => Action::Punch,
+        }
+    }
+
+    /// A check of the direct path ended. Returns the new path when it changes.
+    pub fn on_check(&mut self, answered: bool, now: Instant) -> Option<Path> {
+        self.next_at = now + CHECK_INTERVAL;
+        if answered {
+            self.misses = 0;
+            return None;
+        }
+        self.misses += 1;
+        if self.misses < MAX_MISSES {
+            return None;
+        }
+        self.misses = 0;
+        self.path = Path::Relay;
+        self.retry = FIRST_RETRY;
+        self.next_at = now + self.retry;
+        Some(Path::Relay)
+    }
+
+    /// A punch ended, answered at `endpoint` or not. Returns the new path when it changes.
+    pub fn on_punch(&mut self, answered: Option<SocketAddr>, now: Instant) -> Option<Path> {
+        match answered {
+            Some(endpoint) => {
+                self.path = Path::Direct(endpoint);
+                self.misses = 0;
+                self.next_at = now + CHECK_INTERVAL;
+                Some(self.path)
+            }
+            None => {
+                self.next_at = now + self.retry;
+                self.retry = (self.retry * 2).min(MAX_RETRY);
+                None
+            }
+        }
+    }
+}
+
+/// Watches the connection to `peer` until it closes (or the daemon goes): `relay` is the
+/// relay's UDP address, `server` the rendezvous that introduces us, `candidates` the peer's
+/// published endpoints.
+pub async fn run(
+    daemon: Weak<Daemon>,
+    peer: Address,
+    relay: SocketAddr,
+    server: Address,
+    candidates: Vec<SocketAddr>,
+    path: Path,
+) {
+    let mut monitor = PathMonitor::new(Instant::now(), path);
+    loop {
+        let action = monitor.poll(Instant::now());
+        if let Action::WaitUntil(at) = action {
+            tokio::time::sleep_until(at).await;
+            continue;
+        }
+        let Some(d) = daemon.upgrade() else { return };
+        let node = d.node().clone();
+        if !node.is_connected(peer) {
+            return;
+        }
+        let switched = match action {
+            Action::Check(endpoint) => {
+                let answered = node.check_path(peer, endpoint, CHECK_INTERVAL).await;
+                monitor.on_check(answered, Instant::now())
+            }
+            Action::Punch => {
+                let answered = d.punch(peer, server, &candidates).await;
+                monitor.on_punch(answered, Instant::now())
+            }
+            Action::WaitUntil(_) => None,
+        };
+        drop(d);
+        if let Some(path) = switched {
+            let route = match path {
+                Path::Direct(endpoint) => Route::Direct(endpoint),
+                Path::Relay => Route::Relay { relay, peer },
+            };
+            match node.set_route(peer, route) {
+                true => tracing::info!(%peer, %route, "path switched"),
+                false => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> SocketAddr {
+        "203.0.113.9:7440".parse().unwrap()
+    }
+
+    #[test]
+    fn a_relayed_connection_punches_at_once_and_backs_off_while_punching_fails() {
+        let t0 = Instant::now();
+        let mut m = PathMonitor::new(t0, Path::Relay);
+        assert_eq!(m.poll(t0), Action::Punch);
+        assert_eq!(m.on_punch(None, t0), None);
+        assert_eq!(m.poll(t0), Action::WaitUntil(t0 + FIRST_RETRY));
+        let t1 = t0 + FIRST_RETRY;
+        assert_eq!(m.poll(t1), Action::Punch);
+        m.on_punch(None, t1);
+        assert_eq!(m.poll(t1), Action::WaitUntil(t1 + FIRST_RETRY * 2));
+        for _ in 0..10 {
+            m.on_punch(None, t1);
+        }
+        assert_eq!(m.poll(t1), Action::WaitUntil(t1 + MAX_RETRY));
+        assert_eq!(
+            m.on_punch(Some(endpoint()), t1),
+            Some(Path::Direct(endpoint()))
+        );
+        assert_eq!(m.poll(t1 + CHECK_INTERVAL), Action::Check(endpoint()));
+    }
+
+    #[test]
+    fn a_direct_path_falls_back_after_missed_checks_and_is_retried_soon() {
+        let t0 = Instant::now();
+        let mut m = PathMonitor::new(t0, Path::Direct(endpoint()));
+        assert_eq!(m.poll(t0), Action::WaitUntil(t0 + CHECK_INTERVAL));
+        assert_eq!(m.poll(t0 + CHECK_INTERVAL), Action::Check(endpoint()));
+        assert_eq!(m.on_check(false, t0), None);
+        assert_eq!(m.on_check(true, t0), None, "one answer resets the count");
+        for _ in 1..MAX_MISSES {
+            assert_eq!(m.on_check(false, t0), None);
+        }
+        assert_eq!(m.on_check(false, t0), Some(Path::Relay));
+        assert_eq!(m.path(), Path::Relay);
+        assert_eq!(m.poll(t0), Action::WaitUntil(t0 + FIRST_RETRY));
+        assert_eq!(m.poll(t0 + FIRST_RETRY), Action::Punch);
+    }
+}
