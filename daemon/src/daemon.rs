@@ -938,6 +938,8 @@ impl Daemon {
             "name": self.own_name(),
             "peers": self.node.peers().len(),
             "records_held": self.registry.lock().expect("registry lock").len(),
+            "names_held": self.registry.lock().expect("registry lock").names_held(),
+            "dropped": self.node.drops(),
             "home": self.home.dir(),
         })
     }

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod home;
 pub mod names;
 pub mod node;
+pub mod ratelimit;
 pub mod rendezvous;
 pub mod store;
 pub mod streams;

@@ -25,6 +25,7 @@ use tern_proto::{Address, PublicIdentity, SecretIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
 use crate::transport::paths::Route;
 use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted};
@@ -51,6 +52,9 @@ pub struct TransportConfig {
     pub preamble_timeout: Duration,
     /// Concurrent streams a peer may open on one connection.
     pub max_streams_per_peer: u32,
+    /// Serving as a relay: packets one peer may have relayed per second (and in a burst);
+    /// past this they are dropped and counted.
+    pub relay_packets_per_second: f64,
 }
 
 impl Default for TransportConfig {
@@ -65,6 +69,7 @@ impl Default for TransportConfig {
             datagram_backlog: 256,
             preamble_timeout: Duration::from_secs(10),
             max_streams_per_peer: 1024,
+            relay_packets_per_second: 50_000.0,
         }
     }
 }
@@ -185,7 +190,8 @@ pub enum ProbeError {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerInfo {
     pub address: Address,
-    /// `direct`, or `relay` when packets go through a relay.
+    /// `direct`, `lan` (at a private-network address: no NAT in between), or `relay` when
+    /// packets go through a relay.
     pub path: &'static str,
     pub remote: SocketAddr,
     pub rtt_ms: f64,
@@ -386,6 +392,8 @@ struct Shared {
     buffer_sizes: BufferSizes,
     state: Mutex<State>,
     control_counter: Mutex<Counter>,
+    relay_limiter: Mutex<RateLimiter>,
+    relay_limited: std::sync::atomic::AtomicU64,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -399,6 +407,19 @@ impl Drop for Shared {
     fn drop(&mut self) {
         self.endpoint.close(0u32.into(), b"node shut down");
     }
+}
+
+/// Datagrams a node dropped, by reason (`ternctl status` shows them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Drops {
+    /// Neither STUN, tern nor QUIC.
+    pub unknown: u64,
+    /// STUN, control and relay packets beyond what the control task keeps queued.
+    pub control_queue_full: u64,
+    /// Relay frames for a path this node has no route for.
+    pub unroutable: u64,
+    /// Relay frames beyond a peer's relay rate.
+    pub relay_rate_limited: u64,
 }
 
 /// A running node. Cloning gives another handle to the same node; it shuts down when the last
@@ -447,6 +468,11 @@ impl Node {
             buffer_sizes,
             state: Mutex::new(State::default()),
             control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
+            relay_limiter: Mutex::new(RateLimiter::new(
+                config.relay_packets_per_second,
+                config.relay_packets_per_second,
+            )),
+            relay_limited: Default::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
         });
@@ -481,14 +507,16 @@ impl Node {
     }
 
     /// Datagrams the socket dropped: (unknown first byte, control queue full, unroutable).
-    pub fn dropped_datagrams(&self) -> (u64, u64, u64) {
+    /// Datagrams dropped so far, by reason.
+    pub fn drops(&self) -> Drops {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = &self.shared.socket.stats;
-        (
-            stats.unknown_dropped.load(Relaxed),
-            stats.diverted_dropped.load(Relaxed),
-            stats.unroutable_dropped.load(Relaxed),
-        )
+        Drops {
+            unknown: stats.unknown_dropped.load(Relaxed),
+            control_queue_full: stats.diverted_dropped.load(Relaxed),
+            unroutable: stats.unroutable_dropped.load(Relaxed),
+            relay_rate_limited: self.shared.relay_limited.load(Relaxed),
+        }
     }
 
     /// Makes sure there is a verified connection to `peer`, dialling `at` if there is none.
@@ -862,6 +890,7 @@ impl Node {
                 // Never hold the path lock while calling into quinn (see `ping`).
                 let synthetic = p.connection.remote_address();
                 let (path, remote) = match self.shared.socket.paths().route_for(&synthetic)? {
+                    Route::Direct(real) if is_lan(real) => ("lan", real),
                     Route::Direct(real) => ("direct", real),
                     Route::Relay { relay, .. } => ("relay", relay),
                 };
@@ -888,6 +917,15 @@ impl Node {
         self.shared.endpoint.close(0u32.into(), b"node shut down");
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// A peer reached at a private-network address shares a network with this node: no NAT
+/// between the two. (Loopback counts as direct: the same host.)
+fn is_lan(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => ip.is_unique_local() || ip.is_unicast_link_local(),
     }
 }
 
@@ -1123,6 +1161,17 @@ fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Ve
         tracing::debug!(source = %header.source, from = %packet.from, "relay frame from an unverified source dropped");
         return None;
     }
+    let allowed = shared
+        .relay_limiter
+        .lock()
+        .expect("relay limiter lock")
+        .allow(Instant::now(), header.source);
+    if !allowed {
+        shared
+            .relay_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return None;
+    }
     let to = direct_address(shared, header.destination)?;
     Some((to, packet.data.to_vec()))
 }
@@ -1170,6 +1219,31 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
                 let _ = waiter.send(packet.from);
             }
             None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_network_addresses_are_lan_and_loopback_and_public_are_not() {
+        for lan in [
+            "10.1.0.2:7440",
+            "192.168.1.9:1",
+            "172.16.0.1:1",
+            "[fd00::1]:1",
+        ] {
+            assert!(is_lan(lan.parse().unwrap()), "{lan}");
+        }
+        for other in [
+            "127.0.0.1:1",
+            "203.0.113.5:1",
+            "[2001:db8::1]:1",
+            "100.64.0.1:1",
+        ] {
+            assert!(!is_lan(other.parse().unwrap()), "{other}");
         }
     }
 }

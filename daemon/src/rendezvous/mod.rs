@@ -6,7 +6,6 @@
 //! withhold a record but never substitute a key or endpoint. STUN on the shared socket, hole
 //! punching and relaying arrive with NAT traversal (issue 4).
 
-pub mod ratelimit;
 pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,7 +17,7 @@ use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_P
 use tern_proto::{Address, Name};
 
 use crate::node::{Access, DialError, Node, OverlayStream};
-pub use ratelimit::RateLimiter;
+pub use crate::ratelimit::RateLimiter;
 pub use registry::{RegisterError, Registry};
 
 /// Rendezvous requests one peer may make: a burst, then this many a second.

@@ -1,5 +1,5 @@
 //! Token buckets per peer (or per source IP), no clock of their own: time enters as `now`.
-//! Used to bound what one peer can make a rendezvous (or the node it introduces) do.
+//! Used to bound what one peer can make a rendezvous, a relay, or a node do.
 
 use std::collections::HashMap;
 use std::hash::Hash;
