@@ -41,6 +41,8 @@ pub const ECHO_PORT: u16 = 7;
 pub const FIRST_APP_PORT: u16 = 1024;
 /// The rendezvous records this node holds, kept across restarts.
 pub const RECORDS_FILE: &str = "rendezvous.records";
+/// How long a rendezvous gets to answer over UDP before it is tried over TCP.
+const UDP_FIRST: Duration = Duration::from_secs(3);
 /// The longest a dial waits for punching before it also tries the relay.
 const PUNCH_HEAD_START: Duration = Duration::from_millis(250);
 /// How often changed records are written out (a crash loses at most this much).
@@ -398,14 +400,36 @@ impl Daemon {
         }
     }
 
-    /// Connects to a rendezvous given as `HOST:PORT` and returns its address.
+    /// The address of a rendezvous given as `HOST:PORT`, connecting to it unless connected:
+    /// over UDP, or when that gets no answer, over a TCP link to the same port.
     async fn reach_server(&self, spec: &str) -> Result<Address, String> {
+        let known = self
+            .servers
+            .lock()
+            .expect("server state lock")
+            .iter()
+            .find(|s| s.server == spec)
+            .and_then(|s| s.address);
+        if let Some(server) = known.filter(|&server| self.node.is_connected(server)) {
+            return Ok(server);
+        }
         let at = tokio::net::lookup_host(spec)
             .await
             .map_err(|e| format!("cannot resolve {spec}: {e}"))?
             .next()
             .ok_or_else(|| format!("{spec} resolves to no address"))?;
-        self.node.connect_any(at).await.map_err(|e| e.to_string())
+        let over_udp = match tokio::time::timeout(UDP_FIRST, self.node.connect_any(at)).await {
+            Ok(Ok(server)) => return Ok(server),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer over UDP within {UDP_FIRST:?}"),
+        };
+        match self.node.connect_any_over_tcp(at).await {
+            Ok(server) => {
+                tracing::info!(server = %spec, "UDP gets no answer; reached the rendezvous over TCP");
+                Ok(server)
+            }
+            Err(e) => Err(format!("{over_udp}; over TCP: {e}")),
+        }
     }
 
     /// A verified connection to `target`, found through the rendezvous if need be.

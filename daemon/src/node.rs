@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
-use crate::transport::paths::Route;
+use crate::transport::paths::{Route, is_link};
 use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted};
 use crate::transport::stun;
 
@@ -126,6 +126,11 @@ pub enum DialError {
         at: Route,
         timeout: Duration,
     },
+    #[error("no TCP link to {at}: {source}")]
+    Tcp {
+        at: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("not connected to {0}: dial it first")]
     NotConnected(Address),
     #[error("{peer} refused the stream to port {port}: {}", refusal_reason(*.status, *.port))]
@@ -166,6 +171,11 @@ pub enum ListenError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatagramError {
+    #[error("no TCP link to {at}: {source}")]
+    Tcp {
+        at: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("not connected to {0}: dial it first")]
     NotConnected(Address),
     #[error("datagram to {peer} not sent: {reason}")]
@@ -193,7 +203,10 @@ pub struct PeerInfo {
     /// `direct`, `lan` (at a private-network address: no NAT in between), or `relay` when
     /// packets go through a relay.
     pub path: &'static str,
+    /// The UDP endpoint in use (the relay's, on a relayed path).
     pub remote: SocketAddr,
+    /// `udp`, or `tcp` when the packets cross a TCP link (the network blocks UDP).
+    pub transport: &'static str,
     pub rtt_ms: f64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
@@ -482,6 +495,16 @@ impl Node {
             Arc::new(Semaphore::new(shared.config.max_handshakes)),
         ));
         tokio::spawn(control_loop(diverted, Arc::downgrade(&shared)));
+        // Nodes whose network blocks UDP reach this one over TCP, on the same port.
+        match std::net::TcpListener::bind(local_addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(listener) => {
+                tokio::spawn(accept_links(listener, Arc::downgrade(&shared)));
+            }
+            Err(e) => tracing::warn!(%local_addr, error = %e, "no TCP links: cannot listen on TCP"),
+        }
         Ok(Self { shared })
     }
 
@@ -559,6 +582,33 @@ impl Node {
     /// address) and returns its verified address.
     pub async fn connect_any(&self, at: SocketAddr) -> Result<Address, DialError> {
         self.dial(None, Route::Direct(at)).await
+    }
+
+    /// Like [`Node::connect_any`], over a TCP link to `at` (for networks that block UDP):
+    /// QUIC, control packets and relay frames to and through that node then cross the link.
+    pub async fn connect_any_over_tcp(&self, at: SocketAddr) -> Result<Address, DialError> {
+        let timeout = self.shared.config.dial_timeout;
+        let tcp_err = |source| DialError::Tcp { at, source };
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(at))
+            .await
+            .map_err(|_| DialError::Timeout {
+                peer: Dialled(None),
+                at: Route::Direct(at),
+                timeout,
+            })?
+            .map_err(tcp_err)?;
+        let link = self.shared.socket.add_link(stream).map_err(tcp_err)?;
+        self.dial(None, Route::Direct(link)).await
+    }
+
+    /// Where a connected peer's packets come from as seen here: its UDP address, or for a
+    /// peer on a TCP link, the link's TCP address.
+    pub fn observed_address(&self, peer: Address) -> Option<SocketAddr> {
+        let remote = self.remote_of(peer)?;
+        match is_link(&remote) {
+            true => self.shared.socket.link_remote(&remote),
+            false => Some(remote),
+        }
     }
 
     async fn dial(&self, expected: Option<Address>, at: Route) -> Result<Address, DialError> {
@@ -894,10 +944,15 @@ impl Node {
                     Route::Direct(real) => ("direct", real),
                     Route::Relay { relay, .. } => ("relay", relay),
                 };
+                let (transport, remote) = match is_link(&remote) {
+                    true => ("tcp", self.shared.socket.link_remote(&remote)?),
+                    false => ("udp", remote),
+                };
                 Some(PeerInfo {
                     address: *address,
                     path,
                     remote,
+                    transport,
                     rtt_ms: p.connection.rtt().as_secs_f64() * 1000.0,
                     bytes_sent: stats.udp_tx.bytes,
                     bytes_received: stats.udp_rx.bytes,
@@ -977,6 +1032,17 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         Arc::downgrade(shared),
     ));
     tokio::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
+}
+
+async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
+    while let Ok((stream, from)) = listener.accept().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(e) = shared.socket.add_link(stream) {
+            tracing::debug!(%from, error = %e, "TCP link refused");
+        }
+    }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {

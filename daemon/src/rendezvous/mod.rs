@@ -138,7 +138,7 @@ async fn answer(
     ) -> bool {
         limiter.lock().expect("rate limiter lock").allow(now, who)
     }
-    let source = node.remote_of(peer).map(|at| at.ip());
+    let source = node.observed_address(peer).map(|at| at.ip());
     let answer = match Request::decode(&bytes) {
         _ if !allowed(&limits.requests, now, peer) => {
             Answer::Refused("too many requests; slow down".into())
@@ -175,7 +175,7 @@ async fn answer(
                 if new_claim && registered.is_ok() {
                     claimed.notify_one();
                 }
-                match (registered, node.remote_of(peer)) {
+                match (registered, node.observed_address(peer)) {
                     (Ok(()), Some(observed)) => Answer::Registered { observed },
                     (Ok(()), None) => Answer::Refused("the connection went away".into()),
                     (Err(RegisterError::NameTaken { name, holder }), _) => {

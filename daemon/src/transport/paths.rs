@@ -76,6 +76,34 @@ pub fn is_synthetic(addr: &SocketAddr) -> bool {
     matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[..3] == SYNTHETIC_PREFIX)
 }
 
+/// TCP links (for networks that block UDP) stand in for a UDP address with an address of
+/// their own in fd74:6572:6e01::/48, so that routes, relaying and the node treat a link like
+/// any other remote address.
+const LINK_PREFIX: [u16; 3] = [0xfd74, 0x6572, 0x6e01];
+
+pub fn link_address(id: u64) -> SocketAddr {
+    in_prefix(LINK_PREFIX, id)
+}
+
+/// The address numbered `id` in a /48 of ours.
+fn in_prefix([p0, p1, p2]: [u16; 3], id: u64) -> SocketAddr {
+    let ip = Ipv6Addr::new(
+        p0,
+        p1,
+        p2,
+        0,
+        (id >> 48) as u16,
+        (id >> 32) as u16,
+        (id >> 16) as u16,
+        id as u16,
+    );
+    SocketAddr::V6(SocketAddrV6::new(ip, SYNTHETIC_PORT, 0, 0))
+}
+
+pub fn is_link(addr: &SocketAddr) -> bool {
+    matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[..3] == LINK_PREFIX)
+}
+
 impl PathTable {
     /// The synthetic address for packets from (or a dial along) `route`, made if new.
     pub fn synthetic_for(&mut self, route: Route) -> SocketAddr {
@@ -84,19 +112,7 @@ impl PathTable {
             return *synthetic;
         }
         self.next_id += 1;
-        let id = self.next_id;
-        let [p0, p1, p2] = SYNTHETIC_PREFIX;
-        let ip = Ipv6Addr::new(
-            p0,
-            p1,
-            p2,
-            0,
-            (id >> 48) as u16,
-            (id >> 32) as u16,
-            (id >> 16) as u16,
-            id as u16,
-        );
-        let synthetic = SocketAddr::V6(SocketAddrV6::new(ip, SYNTHETIC_PORT, 0, 0));
+        let synthetic = in_prefix(SYNTHETIC_PREFIX, self.next_id);
         self.routes.insert(synthetic, Entry { route, pins: 0 });
         self.by_route.insert(route, synthetic);
         self.unpinned.push_back(synthetic);

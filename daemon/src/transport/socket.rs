@@ -7,29 +7,40 @@
 //! relay frames addressed to this node are unwrapped and handed to quinn as packets from
 //! that relayed path's synthetic address. Frames for other nodes go to the node (which may
 //! be serving as a relay).
+//!
+//! TCP links, for networks that block UDP: a TCP connection carries datagrams, each behind
+//! its length (u16). A link stands in for a UDP address with an address of its own
+//! ([`link_address`]), and what arrives on it is sorted exactly like what arrives on the UDP
+//! socket; so QUIC, sealed control packets and relay frames all cross it unchanged.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
 use tern_proto::Address;
 use tern_proto::packet::{PacketKind, RelayHeader, TernType, classify};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::paths::{PathTable, Route, canonical};
+use super::paths::{PathTable, Route, canonical, is_link, link_address};
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
 const DIVERTED_QUEUE: usize = 1024;
-/// Unwrapped relayed packets kept waiting for quinn before new ones are dropped.
-const RELAYED_QUEUE: usize = 1024;
+/// QUIC packets that did not come from the UDP socket (unwrapped relay frames, TCP links)
+/// kept waiting for quinn before new ones are dropped.
+const INJECTED_QUEUE: usize = 1024;
+/// Datagrams waiting to be written to one TCP link before new ones are dropped.
+const LINK_QUEUE: usize = 1024;
+/// TCP links at once; more are refused.
+pub const MAX_LINKS: usize = 1024;
 
 /// A datagram that is not QUIC.
 #[derive(Debug)]
@@ -46,6 +57,14 @@ pub struct SocketStats {
     pub diverted_dropped: AtomicU64,
     pub unroutable_dropped: AtomicU64,
     pub relayed_dropped: AtomicU64,
+    pub links_refused: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Link {
+    frames: mpsc::Sender<Bytes>,
+    /// The TCP peer's address, for display and for telling a node where it is seen from.
+    remote: SocketAddr,
 }
 
 #[derive(Debug)]
@@ -55,10 +74,22 @@ pub struct DemuxSocket {
     /// This node's address: the source of the relay frames it sends.
     me: Address,
     paths: Mutex<PathTable>,
-    /// Relayed QUIC packets, unwrapped, for quinn: (synthetic source, packet).
-    relayed: Mutex<VecDeque<(SocketAddr, Bytes)>>,
+    /// QUIC packets for quinn from elsewhere than the UDP socket: (synthetic source, packet).
+    injected: Mutex<VecDeque<(SocketAddr, Bytes)>>,
+    /// quinn's receive task, woken when a packet is injected from outside its poll.
+    recv_waker: Mutex<Option<Waker>>,
+    links: Mutex<HashMap<SocketAddr, Link>>,
+    next_link: AtomicU64,
     diverted: mpsc::Sender<Diverted>,
     pub stats: SocketStats,
+}
+
+/// What sorting did with one received datagram.
+enum Sorted {
+    /// A QUIC packet from a direct path: the caller hands it to quinn.
+    Quic,
+    /// Taken care of (diverted, unwrapped and queued, or dropped).
+    Taken,
 }
 
 impl DemuxSocket {
@@ -77,7 +108,10 @@ impl DemuxSocket {
             inner_ipv6,
             me,
             paths: Mutex::new(PathTable::default()),
-            relayed: Mutex::new(VecDeque::new()),
+            injected: Mutex::new(VecDeque::new()),
+            recv_waker: Mutex::new(None),
+            links: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(0),
             diverted: tx,
             stats: SocketStats::default(),
         });
@@ -106,6 +140,9 @@ impl DemuxSocket {
 
     /// Sends one non-QUIC datagram (STUN, tern control) to a real address.
     pub async fn send_raw(self: &Arc<Self>, to: SocketAddr, data: &[u8]) -> io::Result<()> {
+        if is_link(&to) {
+            return self.send_on_link(to, data, None);
+        }
         let transmit = Transmit {
             destination: self.outbound(canonical(to)),
             ecn: None,
@@ -139,41 +176,9 @@ impl DemuxSocket {
         let from = canonical(meta.addr);
         let mut quic = false;
         for segment in buf[..meta.len].chunks_mut(stride.max(1)) {
-            match classify(segment) {
-                PacketKind::Quic => quic = true,
-                PacketKind::Unknown => {
-                    self.stats.unknown_dropped.fetch_add(1, Ordering::Relaxed);
-                    hide_from_quinn(segment);
-                }
-                PacketKind::Tern(TernType::Relay)
-                    if RelayHeader::decode(segment)
-                        .is_some_and(|(h, _)| h.destination == self.me) =>
-                {
-                    let (header, packet) = RelayHeader::decode(segment).expect("checked above");
-                    let table = paths.get_or_insert_with(|| self.paths());
-                    let synthetic = table.synthetic_for(Route::Relay {
-                        relay: from,
-                        peer: header.source,
-                    });
-                    let mut relayed = self.relayed.lock().expect("relay queue lock");
-                    if relayed.len() < RELAYED_QUEUE {
-                        relayed.push_back((synthetic, Bytes::copy_from_slice(packet)));
-                    } else {
-                        self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    hide_from_quinn(segment);
-                }
-                kind => {
-                    let diverted = Diverted {
-                        kind,
-                        from,
-                        data: Bytes::copy_from_slice(segment),
-                    };
-                    if self.diverted.try_send(diverted).is_err() {
-                        self.stats.diverted_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                    hide_from_quinn(segment);
-                }
+            match self.sort_one(from, segment, paths) {
+                Sorted::Quic => quic = true,
+                Sorted::Taken => hide_from_quinn(segment),
             }
         }
         if quic {
@@ -182,6 +187,164 @@ impl DemuxSocket {
         } else {
             meta.len = 0;
         }
+    }
+
+    /// Sorts one datagram from `from` (a UDP address or a link).
+    fn sort_one<'a>(
+        &'a self,
+        from: SocketAddr,
+        segment: &[u8],
+        paths: &mut Option<MutexGuard<'a, PathTable>>,
+    ) -> Sorted {
+        match classify(segment) {
+            PacketKind::Quic => return Sorted::Quic,
+            PacketKind::Unknown => {
+                self.stats.unknown_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            PacketKind::Tern(TernType::Relay)
+                if RelayHeader::decode(segment).is_some_and(|(h, _)| h.destination == self.me) =>
+            {
+                let (header, packet) = RelayHeader::decode(segment).expect("checked above");
+                let table = paths.get_or_insert_with(|| self.paths());
+                let synthetic = table.synthetic_for(Route::Relay {
+                    relay: from,
+                    peer: header.source,
+                });
+                self.inject(synthetic, Bytes::copy_from_slice(packet));
+            }
+            kind => {
+                let diverted = Diverted {
+                    kind,
+                    from,
+                    data: Bytes::copy_from_slice(segment),
+                };
+                if self.diverted.try_send(diverted).is_err() {
+                    self.stats.diverted_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Sorted::Taken
+    }
+
+    /// Queues a QUIC packet for quinn as coming from `synthetic`.
+    fn inject(&self, synthetic: SocketAddr, packet: Bytes) {
+        let mut injected = self.injected.lock().expect("injected queue lock");
+        if injected.len() < INJECTED_QUEUE {
+            injected.push_back((synthetic, packet));
+        } else {
+            self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Carries datagrams over `stream` until it ends; returns the link's address.
+    pub fn add_link(self: &Arc<Self>, stream: tokio::net::TcpStream) -> io::Result<SocketAddr> {
+        let remote = canonical(stream.peer_addr()?);
+        let _ = stream.set_nodelay(true);
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed) + 1;
+        let link = link_address(id);
+        let (frames, mut queued) = mpsc::channel::<Bytes>(LINK_QUEUE);
+        {
+            let mut links = self.links.lock().expect("link table lock");
+            if links.len() >= MAX_LINKS {
+                self.stats.links_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(io::Error::other("too many TCP links"));
+            }
+            links.insert(link, Link { frames, remote });
+        }
+        let (mut reader, mut writer) = stream.into_split();
+        tokio::spawn(async move {
+            while let Some(datagram) = queued.recv().await {
+                let header = (datagram.len() as u16).to_be_bytes();
+                if writer.write_all(&header).await.is_err()
+                    || writer.write_all(&datagram).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let socket = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; u16::MAX as usize];
+            loop {
+                let mut header = [0u8; 2];
+                if reader.read_exact(&mut header).await.is_err() {
+                    break;
+                }
+                let len = u16::from_be_bytes(header) as usize;
+                if reader.read_exact(&mut buf[..len]).await.is_err() {
+                    break;
+                }
+                let Some(socket) = socket.upgrade() else {
+                    break;
+                };
+                socket.receive_on_link(link, &buf[..len]);
+            }
+            if let Some(socket) = socket.upgrade() {
+                socket.links.lock().expect("link table lock").remove(&link);
+            }
+        });
+        Ok(link)
+    }
+
+    fn receive_on_link(&self, link: SocketAddr, datagram: &[u8]) {
+        let mut paths = None;
+        if let Sorted::Quic = self.sort_one(link, datagram, &mut paths) {
+            let table = paths.get_or_insert_with(|| self.paths());
+            let synthetic = table.synthetic_for(Route::Direct(link));
+            self.inject(synthetic, Bytes::copy_from_slice(datagram));
+        }
+        drop(paths);
+        if let Some(waker) = self.recv_waker.lock().expect("waker lock").take() {
+            waker.wake();
+        }
+    }
+
+    /// Queues datagrams (`contents`, cut at `segment_size`) on a link; a full queue or a
+    /// closed link loses them, which QUIC recovers from.
+    fn send_on_link(
+        &self,
+        link: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let links = self.links.lock().expect("link table lock");
+        let Some(link) = links.get(&link) else {
+            self.stats
+                .unroutable_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let segment = segment_size.unwrap_or(contents.len()).max(1);
+        for datagram in contents.chunks(segment) {
+            if link
+                .frames
+                .try_send(Bytes::copy_from_slice(datagram))
+                .is_err()
+            {
+                self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The TCP peer behind a link address.
+    pub fn link_remote(&self, link: &SocketAddr) -> Option<SocketAddr> {
+        let links = self.links.lock().expect("link table lock");
+        links.get(link).map(|l| l.remote)
+    }
+
+    /// Sends datagrams to a real address: a UDP one, or a link.
+    fn send_to(&self, real: SocketAddr, transmit: &Transmit) -> io::Result<()> {
+        if is_link(&real) {
+            return self.send_on_link(real, transmit.contents, transmit.segment_size);
+        }
+        self.inner.try_send(&Transmit {
+            destination: self.outbound(real),
+            ecn: transmit.ecn,
+            contents: transmit.contents,
+            segment_size: transmit.segment_size,
+            src_ip: transmit.src_ip,
+        })
     }
 }
 
@@ -204,13 +367,16 @@ impl DemuxSocket {
             .max(1);
         for (i, packet) in transmit.contents.chunks(segment).enumerate() {
             let frame = [&header[..], packet].concat();
-            let sent = self.inner.try_send(&Transmit {
-                destination: self.outbound(relay),
-                ecn: transmit.ecn,
-                contents: &frame,
-                segment_size: None,
-                src_ip: transmit.src_ip,
-            });
+            let sent = self.send_to(
+                relay,
+                &Transmit {
+                    destination: relay,
+                    ecn: transmit.ecn,
+                    contents: &frame,
+                    segment_size: None,
+                    src_ip: transmit.src_ip,
+                },
+            );
             match sent {
                 // Nothing went out yet: quinn retries the whole transmit later.
                 Err(e) if i == 0 => return Err(e),
@@ -225,12 +391,12 @@ impl DemuxSocket {
         Ok(())
     }
 
-    /// Moves waiting relayed packets into quinn's buffers, one datagram per entry.
-    fn hand_relayed(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
-        let mut relayed = self.relayed.lock().expect("relay queue lock");
+    /// Moves waiting injected packets into quinn's buffers, one datagram per entry.
+    fn hand_injected(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut injected = self.injected.lock().expect("injected queue lock");
         let mut handed = 0;
         while handed < bufs.len().min(meta.len()) {
-            let Some((synthetic, packet)) = relayed.pop_front() else {
+            let Some((synthetic, packet)) = injected.pop_front() else {
                 break;
             };
             if packet.len() > bufs[handed].len() {
@@ -272,13 +438,7 @@ impl AsyncUdpSocket for DemuxSocket {
             return Ok(());
         };
         match route {
-            Route::Direct(real) => self.inner.try_send(&Transmit {
-                destination: self.outbound(real),
-                ecn: transmit.ecn,
-                contents: transmit.contents,
-                segment_size: transmit.segment_size,
-                src_ip: transmit.src_ip,
-            }),
+            Route::Direct(real) => self.send_to(real, transmit),
             Route::Relay { relay, peer } => self.send_relayed(transmit, relay, peer),
         }
     }
@@ -289,7 +449,13 @@ impl AsyncUdpSocket for DemuxSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let handed = self.hand_relayed(bufs, meta);
+        {
+            let mut waker = self.recv_waker.lock().expect("waker lock");
+            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *waker = Some(cx.waker().clone());
+            }
+        }
+        let handed = self.hand_injected(bufs, meta);
         if handed > 0 {
             return Poll::Ready(Ok(handed));
         }
@@ -299,7 +465,12 @@ impl AsyncUdpSocket for DemuxSocket {
             self.sort(m, buf, &mut paths);
         }
         // Relayed packets unwrapped just now: have quinn poll again for them.
-        if !self.relayed.lock().expect("relay queue lock").is_empty() {
+        if !self
+            .injected
+            .lock()
+            .expect("injected queue lock")
+            .is_empty()
+        {
             cx.waker().wake_by_ref();
         }
         // quinn skips entries whose len is 0, and bounds its own receive loop.
