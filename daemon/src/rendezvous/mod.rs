@@ -1,10 +1,11 @@
 //! Finding peers. Every ternd serves as a rendezvous on virtual port 1: it keeps the signed
-//! records nodes register with it and answers lookups. A node registers its own record with
-//! each configured rendezvous (or, with none, only with itself) and refreshes it.
+//! records nodes register with it, indexes their names, answers lookups by address and by
+//! name, and introduces nodes to each other for hole punching. A node registers its own
+//! record with each configured rendezvous (or, with none, only with itself) and refreshes it.
 //!
 //! Records are signed by their owner and checked by every reader, so a rendezvous can lose or
-//! withhold a record but never substitute a key or endpoint. STUN on the shared socket, hole
-//! punching and relaying arrive with NAT traversal (issue 4).
+//! withhold a record but never substitute a key, an endpoint or a name. (Relaying happens in
+//! the node's socket layer: see `transport::socket` and `node::forward_relayed`.)
 
 pub mod registry;
 
