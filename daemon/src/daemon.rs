@@ -30,7 +30,7 @@ use crate::streams::StreamTable;
 use crate::transport::paths::canonical;
 use crate::traversal::{self, Path};
 use crate::trust::{TRUST_FILE, TrustList};
-use crate::trust_requests::{self, ExchangeError, REQUESTS_FILE, RequestBook};
+use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
 use tokio::sync::mpsc;
 
 /// The UDP port `ternd` listens on unless told otherwise.
@@ -135,10 +135,7 @@ pub enum DaemonError {
     )]
     NoPendingRequest(Address),
     #[error("trust request to {peer} not delivered: {source}")]
-    TrustRequest {
-        peer: Address,
-        source: ExchangeError,
-    },
+    TrustRequest { peer: Address, source: SendError },
 }
 
 /// What the node knows about one configured rendezvous server.
@@ -166,6 +163,10 @@ pub struct Daemon {
     names: Mutex<JsonFile<NameBook>>,
     requests: Mutex<JsonFile<RequestBook>>,
     request_limiter: Mutex<RateLimiter>,
+    /// Trust request messages refused (forged, stale, too many, no request of ours).
+    trust_messages_refused: std::sync::atomic::AtomicU64,
+    /// The rendezvous role's limits and refusal counts.
+    limits: Arc<rendezvous::Limits>,
     listeners: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<Listener>>>>,
     streams: Mutex<StreamTable>,
     records_path: std::path::PathBuf,
@@ -229,6 +230,8 @@ impl Daemon {
             requests: Mutex::new(requests),
             records_path,
             records_written: Mutex::new(Vec::new()),
+            trust_messages_refused: Default::default(),
+            limits: Arc::default(),
             request_limiter: Mutex::new(RateLimiter::new(
                 trust_requests::REQUESTS_PER_SECOND,
                 trust_requests::REQUEST_BURST,
@@ -240,6 +243,7 @@ impl Daemon {
         tokio::spawn(rendezvous::serve(
             node.clone(),
             daemon.registry.clone(),
+            daemon.limits.clone(),
             claimed.clone(),
         ));
         let echo = node
@@ -828,7 +832,10 @@ impl Daemon {
         let request = SignedRequest::sign(self.node.secret_identity(), peer, unix_now(), reason)
             .map_err(|e| DaemonError::TrustRequest {
                 peer,
-                source: ExchangeError::Stream(e.to_string()),
+                source: SendError::Refused {
+                    peer,
+                    reason: e.to_string(),
+                },
             })?;
         self.ensure_connected(peer).await?;
         // Noted first: the approval may come back before the answer to the request does.
@@ -964,6 +971,11 @@ impl Daemon {
             "records_held": self.registry.lock().expect("registry lock").len(),
             "names_held": self.registry.lock().expect("registry lock").names_held(),
             "dropped": self.node.drops(),
+            "refused": {
+                "rendezvous_requests": self.limits.refused.load(std::sync::atomic::Ordering::Relaxed),
+                "name_claims_taken": self.limits.names_taken.load(std::sync::atomic::Ordering::Relaxed),
+                "trust_messages": self.trust_messages_refused.load(std::sync::atomic::Ordering::Relaxed),
+            },
             "home": self.home.dir(),
         })
     }
@@ -990,6 +1002,10 @@ async fn serve_trust_requests(daemon: std::sync::Weak<Daemon>, mut listener: Lis
             };
             if let trust_request::Answer::Refused(reason) = &answer {
                 tracing::info!(peer = %stream.peer, %reason, "trust request message refused");
+                if let Some(d) = daemon.upgrade() {
+                    d.trust_messages_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             let _ = stream.send.write_all(&answer.encode()).await;
             let _ = stream.send.finish();

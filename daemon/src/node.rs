@@ -164,6 +164,14 @@ fn refusal_reason(status: StreamStatus, port: u16) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("the exchange failed: {0}")]
+    Stream(String),
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("port {0} is already in use on this node")]
     InUse(u16),
@@ -752,6 +760,31 @@ impl Node {
     /// connection exists: the identity comes from a verified record.
     pub fn learn(&self, peer: &PublicIdentity) {
         self.shared.state().learn(&self.shared.identity, peer);
+    }
+
+    /// One message on a new stream to `port` on `peer`, then the whole answer (at most
+    /// `max_answer` bytes): the shape of tern's own small protocols (rendezvous, trust
+    /// requests).
+    pub async fn exchange(
+        &self,
+        peer: Address,
+        port: u16,
+        message: &[u8],
+        max_answer: usize,
+    ) -> Result<Vec<u8>, ExchangeError> {
+        let stream_err = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
+        let mut stream = self.open_stream(peer, port).await?;
+        stream
+            .send
+            .write_all(message)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        stream.send.finish().map_err(|e| stream_err(&e))?;
+        stream
+            .recv
+            .read_to_end(max_answer)
+            .await
+            .map_err(|e| stream_err(&e))
     }
 
     /// Round trip of a sealed control ping to a known peer, on its current path or at `at`;

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use tern_proto::Address;
-use tern_proto::trust_request::{Answer, MAX_MESSAGE_LEN, Message, SignedRequest};
+use tern_proto::trust_request::{
+    Answer, MAX_MESSAGE_LEN, Message, SignedRequest, TRUST_REQUEST_PORT,
+};
 
-use crate::node::{DialError, Node};
+use crate::node::{ExchangeError, Node};
 
 pub const REQUESTS_FILE: &str = "trust-requests.json";
 /// Incoming requests kept at once; more are refused until the operator answers some.
@@ -141,11 +143,11 @@ impl RequestBook {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub enum SendError {
     #[error(transparent)]
-    Dial(#[from] DialError),
-    #[error("the trust request exchange failed: {0}")]
-    Stream(String),
+    Exchange(#[from] ExchangeError),
+    #[error("the answer was unreadable: {0}")]
+    BadAnswer(#[from] tern_proto::wire::DecodeError),
     #[error("no answer within {EXCHANGE_TIMEOUT:?}")]
     Timeout,
     #[error("{peer} refused: {reason}")]
@@ -153,31 +155,16 @@ pub enum ExchangeError {
 }
 
 /// Sends one message to `peer` (already connected) and reads its answer.
-pub async fn send(node: &Node, peer: Address, message: &Message) -> Result<(), ExchangeError> {
-    let exchange = async {
-        let stream_err = |e: &dyn std::fmt::Display| ExchangeError::Stream(e.to_string());
-        let mut stream = node
-            .open_stream(peer, tern_proto::trust_request::TRUST_REQUEST_PORT)
-            .await?;
-        stream
-            .send
-            .write_all(&message.encode())
-            .await
-            .map_err(|e| stream_err(&e))?;
-        stream.send.finish().map_err(|e| stream_err(&e))?;
-        let bytes = stream
-            .recv
-            .read_to_end(MAX_MESSAGE_LEN)
-            .await
-            .map_err(|e| stream_err(&e))?;
-        match Answer::decode(&bytes).map_err(|e| stream_err(&e))? {
-            Answer::Accepted => Ok(()),
-            Answer::Refused(reason) => Err(ExchangeError::Refused { peer, reason }),
-        }
-    };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+pub async fn send(node: &Node, peer: Address, message: &Message) -> Result<(), SendError> {
+    let encoded = message.encode();
+    let exchange = node.exchange(peer, TRUST_REQUEST_PORT, &encoded, MAX_MESSAGE_LEN);
+    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
-        .map_err(|_| ExchangeError::Timeout)?
+        .map_err(|_| SendError::Timeout)??;
+    match Answer::decode(&bytes)? {
+        Answer::Accepted => Ok(()),
+        Answer::Refused(reason) => Err(SendError::Refused { peer, reason }),
+    }
 }
 
 #[cfg(test)]

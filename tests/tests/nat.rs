@@ -120,11 +120,9 @@ fn expected_path(a: Site, b: Site) -> &'static str {
     }
 }
 
-/// Streams `bytes` of a pattern through `b`'s echo service from `a` and checks every byte.
-fn echo_exact(a: &Daemon, b: &Daemon, bytes: usize) {
-    use std::io::Write;
-    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 + i / 251) as u8).collect();
-    let mut child = std::process::Command::new(tern_tests::binary("ternctl"))
+/// `ternctl connect` from `a` to `b`'s echo service, stdin and stdout piped.
+fn pipe_to_echo(a: &Daemon, b: &Daemon) -> std::process::Child {
+    std::process::Command::new(tern_tests::binary("ternctl"))
         .arg("--home")
         .arg(a.home.path())
         .args(["connect", &b.address, "7"])
@@ -132,7 +130,14 @@ fn echo_exact(a: &Daemon, b: &Daemon, bytes: usize) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Streams `bytes` of a pattern through `b`'s echo service from `a` and checks every byte.
+fn echo_exact(a: &Daemon, b: &Daemon, bytes: usize) {
+    use std::io::Write;
+    let data: Vec<u8> = (0..bytes).map(|i| (i * 7 + i / 251) as u8).collect();
+    let mut child = pipe_to_echo(a, b);
     let mut stdin = child.stdin.take().unwrap();
     let writer = std::thread::spawn({
         let data = data.clone();
@@ -235,15 +240,7 @@ fn a_cut_direct_path_fails_over_to_the_relay_mid_transfer_and_comes_back() {
     wait_for_path(&a, &b, "direct", Duration::from_secs(10));
 
     // A transfer through b's echo that runs until told to finish.
-    let mut child = std::process::Command::new(tern_tests::binary("ternctl"))
-        .arg("--home")
-        .arg(a.home.path())
-        .args(["connect", &b.address, "7"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = pipe_to_echo(&a, &b);
     let finish = std::sync::Arc::new(AtomicBool::new(false));
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();

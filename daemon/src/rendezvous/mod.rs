@@ -17,7 +17,7 @@ use tern_proto::record::Record;
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_PORT, Request};
 use tern_proto::{Address, Name};
 
-use crate::node::{Access, DialError, Node, OverlayStream};
+use crate::node::{Access, DialError, ExchangeError, Node, OverlayStream};
 pub use crate::ratelimit::RateLimiter;
 pub use registry::{RegisterError, Registry};
 
@@ -35,8 +35,12 @@ const CLAIM_BURST_PER_KEY: f64 = 5.0;
 const CLAIMS_PER_SECOND_PER_SOURCE: f64 = 0.1;
 const CLAIM_BURST_PER_SOURCE: f64 = 20.0;
 
-/// The limits a rendezvous applies per peer.
+/// The limits a rendezvous applies per peer, and what it refused.
 pub struct Limits {
+    /// Requests answered `Refused` (rate limits, bad or stale records, malformed requests).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Registrations that claimed a name another key holds.
+    pub names_taken: std::sync::atomic::AtomicU64,
     requests: Mutex<RateLimiter>,
     introductions: Mutex<RateLimiter>,
     claims_per_key: Mutex<RateLimiter>,
@@ -46,6 +50,8 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            refused: Default::default(),
+            names_taken: Default::default(),
             requests: Mutex::new(RateLimiter::new(REQUESTS_PER_SECOND, REQUEST_BURST)),
             introductions: Mutex::new(RateLimiter::new(
                 INTRODUCTIONS_PER_SECOND,
@@ -82,6 +88,8 @@ pub enum RendezvousError {
     Dial(#[from] DialError),
     #[error("the rendezvous exchange failed: {0}")]
     Stream(String),
+    #[error("rendezvous: {0}")]
+    Exchange(#[from] ExchangeError),
     #[error("the rendezvous did not answer within {EXCHANGE_TIMEOUT:?}")]
     Timeout,
     #[error("the rendezvous sent a bad answer: {0}")]
@@ -99,8 +107,12 @@ pub enum RendezvousError {
 
 /// Serves rendezvous requests on port 1 until the node shuts down.
 /// `claimed` is notified when a name is newly claimed (worth saving at once).
-pub async fn serve(node: Node, registry: Arc<Mutex<Registry>>, claimed: Arc<tokio::sync::Notify>) {
-    let limits = Arc::new(Limits::default());
+pub async fn serve(
+    node: Node,
+    registry: Arc<Mutex<Registry>>,
+    limits: Arc<Limits>,
+    claimed: Arc<tokio::sync::Notify>,
+) {
     let mut listener = match node.listen(RENDEZVOUS_PORT, Access::Open) {
         Ok(listener) => listener,
         Err(e) => {
@@ -187,6 +199,20 @@ async fn answer(
             }
         }
     };
+    match &answer {
+        Answer::Refused(reason) => {
+            limits
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%peer, %reason, "rendezvous request refused");
+        }
+        Answer::NameTaken { .. } => {
+            limits
+                .names_taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        _ => {}
+    }
     stream
         .send
         .write_all(&answer.encode())
@@ -254,25 +280,12 @@ pub async fn ask(
     server: Address,
     request: &Request,
 ) -> Result<Answer, RendezvousError> {
-    let exchange = async {
-        let mut stream = node.open_stream(server, RENDEZVOUS_PORT).await?;
-        let stream_err = |e: &dyn std::fmt::Display| RendezvousError::Stream(e.to_string());
-        stream
-            .send
-            .write_all(&request.encode())
-            .await
-            .map_err(|e| stream_err(&e))?;
-        stream.send.finish().map_err(|e| stream_err(&e))?;
-        let bytes = stream
-            .recv
-            .read_to_end(MAX_MESSAGE_LEN)
-            .await
-            .map_err(|e| stream_err(&e))?;
-        Ok(Answer::decode(&bytes)?)
-    };
-    tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+    let encoded = request.encode();
+    let exchange = node.exchange(server, RENDEZVOUS_PORT, &encoded, MAX_MESSAGE_LEN);
+    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
-        .map_err(|_| RendezvousError::Timeout)?
+        .map_err(|_| RendezvousError::Timeout)??;
+    Ok(Answer::decode(&bytes)?)
 }
 
 /// Registers `record` and returns the address the rendezvous sees this node at.
