@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tern_proto::record::{MAX_ENDPOINTS, Record};
-use tern_proto::trust_request::{self, Message, SignedRequest, TRUST_REQUEST_PORT};
-use tern_proto::{Address, Name, Target, TargetError};
+use tern_proto::trust_request::TRUST_REQUEST_PORT;
+use tern_proto::{Address, Name, TargetError};
 use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
@@ -140,38 +140,38 @@ pub enum DaemonError {
 
 /// What the node knows about one configured rendezvous server.
 #[derive(Debug, Clone, serde::Serialize)]
-struct ServerState {
-    server: String,
-    address: Option<Address>,
-    registered: bool,
-    observed: Option<SocketAddr>,
-    last_error: Option<String>,
+pub(crate) struct ServerState {
+    pub(crate) server: String,
+    pub(crate) address: Option<Address>,
+    pub(crate) registered: bool,
+    pub(crate) observed: Option<SocketAddr>,
+    pub(crate) last_error: Option<String>,
     /// Why this server did not take this node's name (another key holds it), if it did not.
-    name_refused: Option<String>,
+    pub(crate) name_refused: Option<String>,
 }
 
 pub struct Daemon {
     /// This daemon, for the tasks it starts.
-    me: std::sync::Weak<Daemon>,
+    pub(crate) me: std::sync::Weak<Daemon>,
     /// Peers whose connection a path monitor watches.
-    monitored: Mutex<std::collections::HashSet<Address>>,
-    home: Home,
-    node: Node,
-    registry: Arc<Mutex<Registry>>,
-    servers: Mutex<Vec<ServerState>>,
-    trust: Mutex<JsonFile<TrustList>>,
-    names: Mutex<JsonFile<NameBook>>,
-    requests: Mutex<JsonFile<RequestBook>>,
-    request_limiter: Mutex<RateLimiter>,
+    pub(crate) monitored: Mutex<std::collections::HashSet<Address>>,
+    pub(crate) home: Home,
+    pub(crate) node: Node,
+    pub(crate) registry: Arc<Mutex<Registry>>,
+    pub(crate) servers: Mutex<Vec<ServerState>>,
+    pub(crate) trust: Mutex<JsonFile<TrustList>>,
+    pub(crate) names: Mutex<JsonFile<NameBook>>,
+    pub(crate) requests: Mutex<JsonFile<RequestBook>>,
+    pub(crate) request_limiter: Mutex<RateLimiter>,
     /// Trust request messages refused (forged, stale, too many, no request of ours).
-    trust_messages_refused: std::sync::atomic::AtomicU64,
+    pub(crate) trust_messages_refused: std::sync::atomic::AtomicU64,
     /// The rendezvous role's limits and refusal counts.
-    limits: Arc<rendezvous::Limits>,
-    listeners: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<Listener>>>>,
-    streams: Mutex<StreamTable>,
-    records_path: std::path::PathBuf,
+    pub(crate) limits: Arc<rendezvous::Limits>,
+    pub(crate) listeners: Mutex<HashMap<u16, Arc<tokio::sync::Mutex<Listener>>>>,
+    pub(crate) streams: Mutex<StreamTable>,
+    pub(crate) records_path: std::path::PathBuf,
     /// The registry as last written to `records_path`.
-    records_written: Mutex<Vec<u8>>,
+    pub(crate) records_written: Mutex<Vec<u8>>,
 }
 
 impl Daemon {
@@ -253,7 +253,7 @@ impl Daemon {
         let trust_requests = node
             .listen(TRUST_REQUEST_PORT, Access::Open)
             .expect("a fresh node has no listener on the trust request port");
-        tokio::spawn(serve_trust_requests(
+        tokio::spawn(crate::trust_requests::serve(
             Arc::downgrade(&daemon),
             trust_requests,
         ));
@@ -322,7 +322,7 @@ impl Daemon {
     }
 
     /// This node's signed record, claiming its name if `with_name`.
-    fn own_record(&self, with_name: bool) -> Record {
+    pub(crate) fn own_record(&self, with_name: bool) -> Record {
         // Microseconds make every new record's seq larger than the last, across restarts.
         let seq = crate::node::unix_micros();
         let expires = unix_now() + RECORD_LIFETIME.as_secs();
@@ -343,7 +343,10 @@ impl Daemon {
 
     /// `target`'s record, from this node's registry or one of its rendezvous servers (which
     /// is returned too: it can introduce us).
-    async fn find(&self, target: Address) -> Result<(Record, Option<Address>), DaemonError> {
+    pub(crate) async fn find(
+        &self,
+        target: Address,
+    ) -> Result<(Record, Option<Address>), DaemonError> {
         if let Some(record) = self
             .registry
             .lock()
@@ -367,7 +370,10 @@ impl Daemon {
 
     /// Asks each rendezvous in turn until one has the record; `Err` lists why the ones that
     /// could not answer did not.
-    async fn ask_servers<F, Fut>(&self, lookup: F) -> Result<Option<(Record, Address)>, String>
+    pub(crate) async fn ask_servers<F, Fut>(
+        &self,
+        lookup: F,
+    ) -> Result<Option<(Record, Address)>, String>
     where
         F: Fn(Address) -> Fut,
         Fut: Future<Output = Result<Option<Record>, RendezvousError>>,
@@ -406,7 +412,7 @@ impl Daemon {
 
     /// The address of a rendezvous given as `HOST:PORT`, connecting to it unless connected:
     /// over UDP, or when that gets no answer, over a TCP link to the same port.
-    async fn reach_server(&self, spec: &str) -> Result<Address, String> {
+    pub(crate) async fn reach_server(&self, spec: &str) -> Result<Address, String> {
         let known = self
             .servers
             .lock()
@@ -663,292 +669,13 @@ impl Daemon {
 
     /// Stores this node's record in its own registry, with its name unless another key
     /// registered here holds it.
-    fn register_with_self(&self) -> Result<(), RegisterError> {
+    pub(crate) fn register_with_self(&self) -> Result<(), RegisterError> {
         let mut registry = self.registry.lock().expect("registry lock");
         match registry.register(unix_now(), self.own_record(true)) {
             Err(RegisterError::NameTaken { .. }) => {
                 registry.register(unix_now(), self.own_record(false))
             }
             other => other,
-        }
-    }
-
-    /// The address a TARGET names: an address as it is, a name through the operator's
-    /// aliases, else the rendezvous (checked against the pinned key).
-    pub async fn resolve(&self, target: &str) -> Result<Address, DaemonError> {
-        match target.parse::<Target>()? {
-            Target::Address(address) => Ok(address),
-            Target::Name(name) => match self.alias(&name) {
-                Some(address) => Ok(address),
-                None => Ok(self.find_name(&name).await?.address()),
-            },
-        }
-    }
-
-    /// What `ternctl find` shows: the target's verified record and how the name resolved.
-    pub async fn find_target(&self, target: &str) -> Result<Value, DaemonError> {
-        let parsed = target.parse::<Target>()?;
-        let (record, via) = match &parsed {
-            Target::Address(address) => (self.find(*address).await?.0, "address"),
-            Target::Name(name) => match self.alias(name) {
-                Some(address) => (self.find(address).await?.0, "alias"),
-                None => (self.find_name(name).await?, "rendezvous"),
-            },
-        };
-        Ok(json!({
-            "target": target,
-            "address": record.address(),
-            "public_key": hex::encode(record.identity.key_bytes()),
-            "name": record.name,
-            "endpoints": record.endpoints,
-            "expires": record.expires,
-            "via": via,
-        }))
-    }
-
-    fn alias(&self, name: &Name) -> Option<Address> {
-        let names = self.names.lock().expect("names lock");
-        names.get().aliases.get(name).copied()
-    }
-
-    /// The live record that holds `name`, from this node's registry or its rendezvous
-    /// servers, checked against (or else pinned as) the key this node saw for it first.
-    async fn find_name(&self, name: &Name) -> Result<Record, DaemonError> {
-        let own = self
-            .registry
-            .lock()
-            .expect("registry lock")
-            .lookup_name(unix_now(), name)
-            .cloned();
-        let record = match own {
-            Some(record) => record,
-            None => match self
-                .ask_servers(|server| rendezvous::lookup_name(&self.node, server, name))
-                .await
-            {
-                Ok(Some((record, _))) => record,
-                Ok(None) => return Err(DaemonError::NameNotFound(name.clone())),
-                Err(detail) => return Err(DaemonError::NameUnresolved(name.clone(), detail)),
-            },
-        };
-        let mut names = self.names.lock().expect("names lock");
-        if let Some(pin) = names.get().check_pin(name, &record, unix_now())? {
-            tracing::info!(%name, address = %pin.address, "name pinned");
-            names.update(|book| book.pinned.insert(name.clone(), pin))?;
-        }
-        Ok(record)
-    }
-
-    /// Claims `name` (or, with None, drops this node's name) at once: saved in the home and
-    /// registered with every rendezvous. A name another key holds is refused and the old
-    /// name kept.
-    pub async fn set_name(&self, name: Option<Name>) -> Result<Value, DaemonError> {
-        let previous = self.own_name();
-        self.names
-            .lock()
-            .expect("names lock")
-            .update(|book| book.own = name.clone())?;
-        let mut taken = match self.register_with_self() {
-            Err(RegisterError::NameTaken { name, holder }) => {
-                Some((name, holder, "this node".to_string()))
-            }
-            _ => None,
-        };
-        let mut pending = Vec::new();
-        let servers: Vec<String> = self
-            .servers
-            .lock()
-            .expect("server state lock")
-            .iter()
-            .map(|s| s.server.clone())
-            .collect();
-        for spec in servers {
-            if taken.is_some() {
-                break;
-            }
-            let server = match self.reach_server(&spec).await {
-                Ok(server) => server,
-                Err(e) => {
-                    pending.push(format!("rendezvous {spec}: {e}"));
-                    continue;
-                }
-            };
-            match rendezvous::register(&self.node, server, self.own_record(true)).await {
-                Ok(_) => {}
-                Err(RendezvousError::NameTaken { name, holder }) => {
-                    taken = Some((name, holder, spec))
-                }
-                Err(e) => pending.push(format!("rendezvous {spec}: {e}")),
-            }
-        }
-        if let Some((name, holder, server)) = taken {
-            self.names
-                .lock()
-                .expect("names lock")
-                .update(|book| book.own = previous)?;
-            let _ = self.register_with_self();
-            return Err(DaemonError::NameTaken {
-                name,
-                holder,
-                server,
-            });
-        }
-        Ok(json!({ "name": name, "address": self.node.address(), "not_registered": pending }))
-    }
-
-    /// Forgets the key pinned for `name`: the next lookup pins whatever key it finds.
-    pub fn forget_name(&self, name: &Name) -> Result<Option<Address>, DaemonError> {
-        let mut names = self.names.lock().expect("names lock");
-        let pin = names.update(|book| book.pinned.remove(name))?;
-        Ok(pin.map(|p| p.address))
-    }
-
-    pub fn set_alias(
-        &self,
-        name: Name,
-        address: Option<Address>,
-    ) -> Result<Option<Address>, DaemonError> {
-        let mut names = self.names.lock().expect("names lock");
-        let previous = names.update(|book| match address {
-            Some(address) => book.aliases.insert(name.clone(), address),
-            None => book.aliases.remove(&name),
-        })?;
-        if address.is_none() && previous.is_none() {
-            return Err(DaemonError::NoAlias(name));
-        }
-        Ok(previous)
-    }
-
-    pub fn names(&self) -> Value {
-        let names = self.names.lock().expect("names lock");
-        let book = names.get();
-        json!({ "own": book.own, "aliases": book.aliases, "pinned": book.pinned })
-    }
-
-    /// Sends a signed trust request to `target`; its operator answers with `trust approve`
-    /// (then each side trusts the other) or `trust reject`.
-    pub async fn request_trust(&self, target: &str, reason: &str) -> Result<Address, DaemonError> {
-        let peer = self.resolve(target).await?;
-        let request = SignedRequest::sign(self.node.secret_identity(), peer, unix_now(), reason)
-            .map_err(|e| DaemonError::TrustRequest {
-                peer,
-                source: SendError::Refused {
-                    peer,
-                    reason: e.to_string(),
-                },
-            })?;
-        self.ensure_connected(peer).await?;
-        // Noted first: the approval may come back before the answer to the request does.
-        self.requests
-            .lock()
-            .expect("requests lock")
-            .update(|book| book.add_outgoing(peer, unix_now()))?;
-        let sent =
-            trust_requests::send(&self.node, peer, &Message::Request(Box::new(request))).await;
-        if let Err(source) = sent {
-            self.requests
-                .lock()
-                .expect("requests lock")
-                .update(|book| book.end_outgoing(peer))?;
-            return Err(DaemonError::TrustRequest { peer, source });
-        }
-        Ok(peer)
-    }
-
-    pub fn trust_requests(&self) -> Value {
-        let requests = self.requests.lock().expect("requests lock");
-        json!({ "pending": requests.get().pending_list(), "outgoing": requests.get().outgoing_list() })
-    }
-
-    /// Answers `peer`'s pending request: approval trusts it here; either way the peer is
-    /// told (best effort: the answer here stands even if it cannot be told now).
-    pub async fn answer_trust_request(
-        &self,
-        peer: Address,
-        approve: bool,
-    ) -> Result<Value, DaemonError> {
-        let request = self
-            .requests
-            .lock()
-            .expect("requests lock")
-            .update(|book| book.take_pending(peer))?;
-        if request.is_none() {
-            return Err(DaemonError::NoPendingRequest(peer));
-        }
-        if approve {
-            self.set_trust(peer, true)?;
-        }
-        let message = if approve {
-            Message::Approved
-        } else {
-            Message::Rejected
-        };
-        let told = async {
-            self.ensure_connected(peer).await?;
-            trust_requests::send(&self.node, peer, &message)
-                .await
-                .map_err(|source| DaemonError::TrustRequest { peer, source })
-        }
-        .await;
-        Ok(json!({
-            "address": peer,
-            "approved": approve,
-            "told": told.is_ok(),
-            "told_error": told.err().map(|e| e.to_string()),
-        }))
-    }
-
-    /// One message on the trust request port from a verified peer.
-    fn on_trust_message(&self, peer: Address, message: Message) -> trust_request::Answer {
-        use trust_request::Answer;
-        let refused = |e: &dyn std::fmt::Display| Answer::Refused(e.to_string());
-        let mut requests = self.requests.lock().expect("requests lock");
-        match message {
-            Message::Request(request) => {
-                let allowed = self
-                    .request_limiter
-                    .lock()
-                    .expect("limiter lock")
-                    .allow(std::time::Instant::now(), peer);
-                if !allowed {
-                    return Answer::Refused("too many trust requests; wait a minute".into());
-                }
-                if self.trust_list().contains(&peer) {
-                    return Answer::Accepted;
-                }
-                let me = self.node.address();
-                match requests.update(|book| book.receive(&request, peer, me, unix_now())) {
-                    Ok(Ok(new)) => {
-                        if new {
-                            tracing::info!(%peer, reason = %request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
-                        }
-                        Answer::Accepted
-                    }
-                    Ok(Err(e)) => refused(&e),
-                    Err(e) => refused(&e),
-                }
-            }
-            Message::Approved | Message::Rejected => {
-                match requests.update(|book| book.end_outgoing(peer)) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Answer::Refused("this node sent you no trust request".into());
-                    }
-                    Err(e) => return refused(&e),
-                }
-                drop(requests);
-                if matches!(message, Message::Rejected) {
-                    tracing::warn!(%peer, "trust request rejected");
-                    return Answer::Accepted;
-                }
-                match self.set_trust(peer, true) {
-                    Ok(_) => {
-                        tracing::info!(%peer, "trust request approved; trusting it in return");
-                        Answer::Accepted
-                    }
-                    Err(e) => refused(&e),
-                }
-            }
         }
     }
 
@@ -978,39 +705,6 @@ impl Daemon {
             },
             "home": self.home.dir(),
         })
-    }
-}
-
-async fn serve_trust_requests(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
-    while let Some(mut stream) = listener.accept().await {
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let read = tokio::time::timeout(
-                Duration::from_secs(10),
-                stream.recv.read_to_end(trust_request::MAX_MESSAGE_LEN),
-            )
-            .await;
-            let answer = match read {
-                Ok(Ok(bytes)) => match Message::decode(&bytes) {
-                    Ok(message) => match daemon.upgrade() {
-                        Some(d) => d.on_trust_message(stream.peer, message),
-                        None => return,
-                    },
-                    Err(e) => trust_request::Answer::Refused(e.to_string()),
-                },
-                _ => return,
-            };
-            if let trust_request::Answer::Refused(reason) = &answer {
-                tracing::info!(peer = %stream.peer, %reason, "trust request message refused");
-                if let Some(d) = daemon.upgrade() {
-                    d.trust_messages_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-            let _ = stream.send.write_all(&answer.encode()).await;
-            let _ = stream.send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(10), stream.send.stopped()).await;
-        });
     }
 }
 

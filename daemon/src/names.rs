@@ -2,11 +2,18 @@
 //! operator's aliases (checked before any rendezvous) and the pinned name → key bindings.
 //! The first key a name is seen with is pinned; a later different key for that name is
 //! refused until the operator forgets the pin, so no rendezvous can redirect a name.
+//!
+//! The daemon's side of names lives here too: resolving a TARGET, `find`, claiming this
+//! node's name at its rendezvous servers, aliases and pins.
 
 use std::collections::BTreeMap;
 
+use serde_json::{Value, json};
 use tern_proto::record::Record;
-use tern_proto::{Address, Name};
+use tern_proto::{Address, Name, Target};
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::rendezvous::{self, RegisterError, RendezvousError, unix_now};
 
 pub const NAMES_FILE: &str = "names.json";
 
@@ -66,6 +73,160 @@ impl NameBook {
                 since: now_unix,
             })),
         }
+    }
+}
+
+impl Daemon {
+    /// The address a TARGET names: an address as it is, a name through the operator's
+    /// aliases, else the rendezvous (checked against the pinned key).
+    pub async fn resolve(&self, target: &str) -> Result<Address, DaemonError> {
+        match target.parse::<Target>()? {
+            Target::Address(address) => Ok(address),
+            Target::Name(name) => match self.alias(&name) {
+                Some(address) => Ok(address),
+                None => Ok(self.find_name(&name).await?.address()),
+            },
+        }
+    }
+
+    /// What `ternctl find` shows: the target's verified record and how the name resolved.
+    pub async fn find_target(&self, target: &str) -> Result<Value, DaemonError> {
+        let parsed = target.parse::<Target>()?;
+        let (record, via) = match &parsed {
+            Target::Address(address) => (self.find(*address).await?.0, "address"),
+            Target::Name(name) => match self.alias(name) {
+                Some(address) => (self.find(address).await?.0, "alias"),
+                None => (self.find_name(name).await?, "rendezvous"),
+            },
+        };
+        Ok(json!({
+            "target": target,
+            "address": record.address(),
+            "public_key": hex::encode(record.identity.key_bytes()),
+            "name": record.name,
+            "endpoints": record.endpoints,
+            "expires": record.expires,
+            "via": via,
+        }))
+    }
+
+    fn alias(&self, name: &Name) -> Option<Address> {
+        let names = self.names.lock().expect("names lock");
+        names.get().aliases.get(name).copied()
+    }
+
+    /// The live record that holds `name`, from this node's registry or its rendezvous
+    /// servers, checked against (or else pinned as) the key this node saw for it first.
+    async fn find_name(&self, name: &Name) -> Result<Record, DaemonError> {
+        let own = self
+            .registry
+            .lock()
+            .expect("registry lock")
+            .lookup_name(unix_now(), name)
+            .cloned();
+        let record = match own {
+            Some(record) => record,
+            None => match self
+                .ask_servers(|server| rendezvous::lookup_name(&self.node, server, name))
+                .await
+            {
+                Ok(Some((record, _))) => record,
+                Ok(None) => return Err(DaemonError::NameNotFound(name.clone())),
+                Err(detail) => return Err(DaemonError::NameUnresolved(name.clone(), detail)),
+            },
+        };
+        let mut names = self.names.lock().expect("names lock");
+        if let Some(pin) = names.get().check_pin(name, &record, unix_now())? {
+            tracing::info!(%name, address = %pin.address, "name pinned");
+            names.update(|book| book.pinned.insert(name.clone(), pin))?;
+        }
+        Ok(record)
+    }
+
+    /// Claims `name` (or, with None, drops this node's name) at once: saved in the home and
+    /// registered with every rendezvous. A name another key holds is refused and the old
+    /// name kept.
+    pub async fn set_name(&self, name: Option<Name>) -> Result<Value, DaemonError> {
+        let previous = self.own_name();
+        self.names
+            .lock()
+            .expect("names lock")
+            .update(|book| book.own = name.clone())?;
+        let mut taken = match self.register_with_self() {
+            Err(RegisterError::NameTaken { name, holder }) => {
+                Some((name, holder, "this node".to_string()))
+            }
+            _ => None,
+        };
+        let mut pending = Vec::new();
+        let servers: Vec<String> = self
+            .servers
+            .lock()
+            .expect("server state lock")
+            .iter()
+            .map(|s| s.server.clone())
+            .collect();
+        for spec in servers {
+            if taken.is_some() {
+                break;
+            }
+            let server = match self.reach_server(&spec).await {
+                Ok(server) => server,
+                Err(e) => {
+                    pending.push(format!("rendezvous {spec}: {e}"));
+                    continue;
+                }
+            };
+            match rendezvous::register(&self.node, server, self.own_record(true)).await {
+                Ok(_) => {}
+                Err(RendezvousError::NameTaken { name, holder }) => {
+                    taken = Some((name, holder, spec))
+                }
+                Err(e) => pending.push(format!("rendezvous {spec}: {e}")),
+            }
+        }
+        if let Some((name, holder, server)) = taken {
+            self.names
+                .lock()
+                .expect("names lock")
+                .update(|book| book.own = previous)?;
+            let _ = self.register_with_self();
+            return Err(DaemonError::NameTaken {
+                name,
+                holder,
+                server,
+            });
+        }
+        Ok(json!({ "name": name, "address": self.node.address(), "not_registered": pending }))
+    }
+
+    /// Forgets the key pinned for `name`: the next lookup pins whatever key it finds.
+    pub fn forget_name(&self, name: &Name) -> Result<Option<Address>, DaemonError> {
+        let mut names = self.names.lock().expect("names lock");
+        let pin = names.update(|book| book.pinned.remove(name))?;
+        Ok(pin.map(|p| p.address))
+    }
+
+    pub fn set_alias(
+        &self,
+        name: Name,
+        address: Option<Address>,
+    ) -> Result<Option<Address>, DaemonError> {
+        let mut names = self.names.lock().expect("names lock");
+        let previous = names.update(|book| match address {
+            Some(address) => book.aliases.insert(name.clone(), address),
+            None => book.aliases.remove(&name),
+        })?;
+        if address.is_none() && previous.is_none() {
+            return Err(DaemonError::NoAlias(name));
+        }
+        Ok(previous)
+    }
+
+    pub fn names(&self) -> Value {
+        let names = self.names.lock().expect("names lock");
+        let book = names.get();
+        json!({ "own": book.own, "aliases": book.aliases, "pinned": book.pinned })
     }
 }
 

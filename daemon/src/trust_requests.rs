@@ -2,17 +2,21 @@
 //! the operator answers with `trust approve` or `trust reject`, and the answer goes back so
 //! that approval adds each side to the other's trust list. The book of pending (incoming)
 //! and outgoing requests lives in the home as `trust-requests.json`; incoming requests are
-//! kept as their signed bytes and verified again when read back.
+//! kept as their signed bytes and verified again when read back. The daemon's side (sending,
+//! answering, and the service on the trust request port) is here too.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tern_proto::Address;
 use tern_proto::trust_request::{
-    Answer, MAX_MESSAGE_LEN, Message, SignedRequest, TRUST_REQUEST_PORT,
+    self, Answer, MAX_MESSAGE_LEN, Message, SignedRequest, TRUST_REQUEST_PORT,
 };
 
-use crate::node::{ExchangeError, Node};
+use crate::daemon::{Daemon, DaemonError};
+use crate::node::{ExchangeError, Listener, Node};
+use crate::rendezvous::unix_now;
 
 pub const REQUESTS_FILE: &str = "trust-requests.json";
 /// Incoming requests kept at once; more are refused until the operator answers some.
@@ -164,6 +168,168 @@ pub async fn send(node: &Node, peer: Address, message: &Message) -> Result<(), S
     match Answer::decode(&bytes)? {
         Answer::Accepted => Ok(()),
         Answer::Refused(reason) => Err(SendError::Refused { peer, reason }),
+    }
+}
+
+impl Daemon {
+    /// Sends a signed trust request to `target`; its operator answers with `trust approve`
+    /// (then each side trusts the other) or `trust reject`.
+    pub async fn request_trust(&self, target: &str, reason: &str) -> Result<Address, DaemonError> {
+        let peer = self.resolve(target).await?;
+        let request = SignedRequest::sign(self.node.secret_identity(), peer, unix_now(), reason)
+            .map_err(|e| DaemonError::TrustRequest {
+                peer,
+                source: SendError::Refused {
+                    peer,
+                    reason: e.to_string(),
+                },
+            })?;
+        self.ensure_connected(peer).await?;
+        // Noted first: the approval may come back before the answer to the request does.
+        self.requests
+            .lock()
+            .expect("requests lock")
+            .update(|book| book.add_outgoing(peer, unix_now()))?;
+        let sent = send(&self.node, peer, &Message::Request(Box::new(request))).await;
+        if let Err(source) = sent {
+            self.requests
+                .lock()
+                .expect("requests lock")
+                .update(|book| book.end_outgoing(peer))?;
+            return Err(DaemonError::TrustRequest { peer, source });
+        }
+        Ok(peer)
+    }
+
+    pub fn trust_requests(&self) -> Value {
+        let requests = self.requests.lock().expect("requests lock");
+        json!({ "pending": requests.get().pending_list(), "outgoing": requests.get().outgoing_list() })
+    }
+
+    /// Answers `peer`'s pending request: approval trusts it here; either way the peer is
+    /// told (best effort: the answer here stands even if it cannot be told now).
+    pub async fn answer_trust_request(
+        &self,
+        peer: Address,
+        approve: bool,
+    ) -> Result<Value, DaemonError> {
+        let request = self
+            .requests
+            .lock()
+            .expect("requests lock")
+            .update(|book| book.take_pending(peer))?;
+        if request.is_none() {
+            return Err(DaemonError::NoPendingRequest(peer));
+        }
+        if approve {
+            self.set_trust(peer, true)?;
+        }
+        let message = if approve {
+            Message::Approved
+        } else {
+            Message::Rejected
+        };
+        let told = async {
+            self.ensure_connected(peer).await?;
+            send(&self.node, peer, &message)
+                .await
+                .map_err(|source| DaemonError::TrustRequest { peer, source })
+        }
+        .await;
+        Ok(json!({
+            "address": peer,
+            "approved": approve,
+            "told": told.is_ok(),
+            "told_error": told.err().map(|e| e.to_string()),
+        }))
+    }
+
+    /// One message on the trust request port from a verified peer.
+    fn on_trust_message(&self, peer: Address, message: Message) -> trust_request::Answer {
+        use trust_request::Answer;
+        let refused = |e: &dyn std::fmt::Display| Answer::Refused(e.to_string());
+        let mut requests = self.requests.lock().expect("requests lock");
+        match message {
+            Message::Request(request) => {
+                let allowed = self
+                    .request_limiter
+                    .lock()
+                    .expect("limiter lock")
+                    .allow(std::time::Instant::now(), peer);
+                if !allowed {
+                    return Answer::Refused("too many trust requests; wait a minute".into());
+                }
+                if self.trust_list().contains(&peer) {
+                    return Answer::Accepted;
+                }
+                let me = self.node.address();
+                match requests.update(|book| book.receive(&request, peer, me, unix_now())) {
+                    Ok(Ok(new)) => {
+                        if new {
+                            tracing::info!(%peer, reason = %request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
+                        }
+                        Answer::Accepted
+                    }
+                    Ok(Err(e)) => refused(&e),
+                    Err(e) => refused(&e),
+                }
+            }
+            Message::Approved | Message::Rejected => {
+                match requests.update(|book| book.end_outgoing(peer)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Answer::Refused("this node sent you no trust request".into());
+                    }
+                    Err(e) => return refused(&e),
+                }
+                drop(requests);
+                if matches!(message, Message::Rejected) {
+                    tracing::warn!(%peer, "trust request rejected");
+                    return Answer::Accepted;
+                }
+                match self.set_trust(peer, true) {
+                    Ok(_) => {
+                        tracing::info!(%peer, "trust request approved; trusting it in return");
+                        Answer::Accepted
+                    }
+                    Err(e) => refused(&e),
+                }
+            }
+        }
+    }
+}
+
+/// Answers trust request messages on their port until the node shuts down.
+pub async fn serve(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
+    while let Some(mut stream) = listener.accept().await {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(
+                Duration::from_secs(10),
+                stream.recv.read_to_end(trust_request::MAX_MESSAGE_LEN),
+            )
+            .await;
+            let answer = match read {
+                Ok(Ok(bytes)) => match Message::decode(&bytes) {
+                    Ok(message) => match daemon.upgrade() {
+                        Some(d) => d.on_trust_message(stream.peer, message),
+                        None => return,
+                    },
+                    Err(e) => trust_request::Answer::Refused(e.to_string()),
+                },
+                _ => return,
+            };
+            if let trust_request::Answer::Refused(reason) = &answer {
+                tracing::info!(peer = %stream.peer, %reason, "trust request message refused");
+                if let Some(d) = daemon.upgrade() {
+                    d.trust_messages_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _ = stream.send.write_all(&answer.encode()).await;
+            let _ = stream.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.send.stopped()).await;
+        });
     }
 }
 

@@ -71,7 +71,12 @@ fn a_node_is_reached_by_name_and_a_second_key_cannot_claim_it() {
     let (_, found) = b.ternctl_json(&["find", "alpha"]);
     assert_eq!(found["data"]["address"], alpha.address.as_str());
     let (_, status) = alpha.ternctl_json(&["status"]);
-    assert!(status["data"]["refused"]["name_claims_taken"].as_u64().unwrap() >= 2);
+    assert!(
+        status["data"]["refused"]["name_claims_taken"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
     // Still reachable by address, and by a name of its own.
     assert!(c.ternctl(&["name", "set", "gamma"]).status.success());
     let (_, gamma) = b.ternctl_json(&["find", "gamma"]);
