@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tern_tests::{Daemon, Guard, client_script, python_client, venv_bin};
 
 #[test]
-fn an_a2a_client_gets_blocking_and_streamed_answers_through_two_daemons() {
-    let (a, b) = Daemon::pair();
+fn an_a2a_client_gets_blocking_and_streamed_answers_through_two_daemons_by_name() {
+    let a = Daemon::start(&["--hostname", "counter-agent"]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
     // One free port number, used by the agent on 127.0.0.2 and by the forward on 127.0.0.1.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -35,7 +36,7 @@ fn an_a2a_client_gets_blocking_and_streamed_answers_through_two_daemons() {
         "forward",
         "--listen",
         &format!("127.0.0.1:{port}"),
-        &format!("{}:5000", a.address),
+        "counter-agent:5000",
     ]);
 
     let url = format!("http://127.0.0.1:{port}/");

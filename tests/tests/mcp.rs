@@ -7,19 +7,21 @@ use std::time::{Duration, Instant};
 
 use tern_tests::{Daemon, binary, process_group_alive, python_client, venv_bin};
 
-/// Arguments of the Python MCP clients: ternctl, the client node's home, server address, name.
-fn mcp_client_args(client: &Daemon, server: &Daemon, name: &str) -> Vec<std::ffi::OsString> {
+/// Arguments of the Python MCP clients: ternctl, the client node's home, the server node (an
+/// address or a name), the service name.
+fn mcp_client_args(client: &Daemon, server: &str, name: &str) -> Vec<std::ffi::OsString> {
     vec![
         binary("ternctl").into(),
         client.home.path().into(),
-        server.address.clone().into(),
+        server.into(),
         name.into(),
     ]
 }
 
 #[test]
-fn the_python_sdk_client_calls_mcp_server_time_through_two_daemons() {
-    let (a, b) = Daemon::pair();
+fn the_python_sdk_client_calls_mcp_server_time_through_two_daemons_by_name() {
+    let a = Daemon::start(&["--hostname", "clock-agent"]);
+    let b = Daemon::start(&["--rendezvous", &a.listen]);
     let server = venv_bin("mcp-server-time");
     let _exposed = a.serve(&["mcp", "expose", "time", "--", server.to_str().unwrap()]);
     a.ternctl(&["trust", "add", &b.address]);
@@ -28,7 +30,7 @@ fn the_python_sdk_client_calls_mcp_server_time_through_two_daemons() {
         // Each session gets a fresh server process; run two to show that.
         let seen = python_client(
             "mcp_time_client.py",
-            &mcp_client_args(&b, &a, "time"),
+            &mcp_client_args(&b, "clock-agent", "time"),
             || a.log(),
         );
         assert_eq!(
@@ -119,7 +121,7 @@ fn server_to_client_requests_progress_and_cancellation_cross_the_overlay() {
 
     let seen = python_client(
         "mcp_everything_client.py",
-        &mcp_client_args(&b, &a, "everything"),
+        &mcp_client_args(&b, &a.address, "everything"),
         || a.log(),
     );
     assert_eq!(
