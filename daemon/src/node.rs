@@ -1221,16 +1221,19 @@ async fn serve_datagrams(connection: quinn::Connection, peer: Address, shared: W
 
 /// Handles every datagram that is not QUIC: STUN and sealed control packets.
 async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Shared>) {
+    let mut relay_routes = RelayRoutes::default();
     while let Some(packet) = diverted.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;
         };
         let reply = match packet.kind {
-            PacketKind::Stun => handle_stun(&shared, &packet).map(|r| (packet.from, r)),
+            PacketKind::Stun => handle_stun(&shared, &packet).map(|r| (packet.from, r.into())),
             PacketKind::Tern(TernType::SealedControl) => {
-                handle_control(&shared, &packet).map(|r| (packet.from, r))
+                handle_control(&shared, &packet).map(|r| (packet.from, r.into()))
             }
-            PacketKind::Tern(TernType::Relay) => forward_relayed(&shared, &packet),
+            PacketKind::Tern(TernType::Relay) => {
+                forward_relayed(&shared, &mut relay_routes, &packet)
+            }
             PacketKind::Quic | PacketKind::Unknown => None,
         };
         if let Some((to, reply)) = reply
@@ -1238,6 +1241,34 @@ async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Share
         {
             tracing::debug!(%to, error = %e, "control reply not sent");
         }
+    }
+}
+
+/// Where the relay reaches each peer, looked up at most once a second per peer: asking the
+/// connection (and the path table) for every relayed packet would cost more than sending it.
+/// Only found addresses are kept, so a peer that just connected is seen at once.
+#[derive(Default)]
+struct RelayRoutes {
+    known: HashMap<Address, (SocketAddr, Instant)>,
+}
+
+impl RelayRoutes {
+    const FRESH_FOR: Duration = Duration::from_secs(1);
+
+    fn direct_address(&mut self, shared: &Shared, peer: Address) -> Option<SocketAddr> {
+        let now = Instant::now();
+        if let Some(&(at, since)) = self.known.get(&peer)
+            && now.duration_since(since) < Self::FRESH_FOR
+        {
+            return Some(at);
+        }
+        if self.known.len() >= MAX_KNOWN {
+            self.known
+                .retain(|_, (_, since)| now.duration_since(*since) < Self::FRESH_FOR);
+        }
+        let at = direct_address(shared, peer)?;
+        self.known.insert(peer, (at, now));
+        Some(at)
     }
 }
 
@@ -1254,9 +1285,13 @@ fn direct_address(shared: &Shared, peer: Address) -> Option<SocketAddr> {
 /// Serving as a relay: forwards a frame unchanged (so never amplified) to its destination,
 /// if the source is a connected peer sending from its verified address (no spoofed sources)
 /// and the destination is directly connected too.
-fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Vec<u8>)> {
+fn forward_relayed(
+    shared: &Shared,
+    routes: &mut RelayRoutes,
+    packet: &Diverted,
+) -> Option<(SocketAddr, Bytes)> {
     let (header, _) = RelayHeader::decode(&packet.data)?;
-    if direct_address(shared, header.source) != Some(packet.from) {
+    if routes.direct_address(shared, header.source) != Some(packet.from) {
         tracing::debug!(source = %header.source, from = %packet.from, "relay frame from an unverified source dropped");
         return None;
     }
@@ -1271,8 +1306,8 @@ fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Ve
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return None;
     }
-    let to = direct_address(shared, header.destination)?;
-    Some((to, packet.data.to_vec()))
+    let to = routes.direct_address(shared, header.destination)?;
+    Some((to, packet.data.clone()))
 }
 
 fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use super::paths::{PathTable, Route, canonical, is_link, link_address};
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
-const DIVERTED_QUEUE: usize = 1024;
+const DIVERTED_QUEUE: usize = 4096;
 /// QUIC packets that did not come from the UDP socket (unwrapped relay frames, TCP links)
 /// kept waiting for quinn before new ones are dropped.
 const INJECTED_QUEUE: usize = 1024;
@@ -150,10 +150,13 @@ impl DemuxSocket {
             segment_size: None,
             src_ip: None,
         };
-        let mut poller = self.inner.clone().create_io_poller();
+        // The poller is made only when the socket is full: most sends go out at once.
+        let mut poller = None;
         loop {
             match self.inner.try_send(&transmit) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let poller =
+                        poller.get_or_insert_with(|| self.inner.clone().create_io_poller());
                     std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await?;
                 }
                 other => return other,
