@@ -27,7 +27,7 @@ use crate::rendezvous::{
 };
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
-use crate::transport::paths::canonical;
+use crate::transport::paths::{canonical, is_link};
 use crate::traversal::{self, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
@@ -41,6 +41,8 @@ pub const ECHO_PORT: u16 = 7;
 pub const FIRST_APP_PORT: u16 = 1024;
 /// The rendezvous records this node holds, kept across restarts.
 pub const RECORDS_FILE: &str = "rendezvous.records";
+/// How long a STUN request to the rendezvous may take before registering without it.
+const STUN_WAIT: Duration = Duration::from_secs(1);
 /// How long a rendezvous gets to answer over UDP before it is tried over TCP.
 const UDP_FIRST: Duration = Duration::from_secs(3);
 /// The longest a dial waits for punching before it also tries the relay.
@@ -786,6 +788,24 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
 
 async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
     let server = daemon.reach_server(spec).await?;
+    // Learn the reflexive address first (STUN to the rendezvous's UDP port), so that the
+    // record already carries it; the registration's answer confirms it.
+    let reflexive = match daemon.node.remote_of(server).filter(|at| !is_link(at)) {
+        Some(at) => tokio::time::timeout(STUN_WAIT, daemon.node.stun(at))
+            .await
+            .unwrap_or(Err(ProbeError::Timeout(STUN_WAIT))),
+        None => Err(ProbeError::UnknownPeer(server)),
+    };
+    match reflexive {
+        Ok(reflexive) => {
+            tracing::debug!(server = %spec, %reflexive, "reflexive address from STUN");
+            let mut servers = daemon.servers.lock().expect("server state lock");
+            if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
+                state.observed = Some(canonical(reflexive));
+            }
+        }
+        Err(e) => tracing::debug!(server = %spec, error = %e, "no reflexive address from STUN"),
+    }
     let observed = canonical(register_record(daemon, spec, server).await?);
     let known = daemon.endpoints().contains(&observed);
     {

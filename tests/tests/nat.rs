@@ -84,6 +84,13 @@ fn a_node_behind_a_home_nat_registers_through_it_and_is_reached_over_its_connect
             .starts_with(&format!("{}:", router.public))),
         "no NAT-mapped endpoint in {endpoints:?}"
     );
+    // It asked the rendezvous over STUN, through the NAT, before registering.
+    let log = b.log();
+    let stun = log
+        .lines()
+        .find(|l| l.contains("reflexive address from STUN"))
+        .unwrap_or_else(|| panic!("no STUN answer:\n{log}"));
+    assert!(stun.contains(&format!("{}:", router.public)), "{stun}");
     // The rendezvous sees B at its router's public address, and reaches B over that path.
     let (ok, peers) = r.ternctl_json(&["peers"]);
     assert!(ok);
