@@ -138,6 +138,7 @@ async fn handshakes(
         UdpSocket::bind("127.0.0.1:0").expect("bind"),
         8 << 20,
         me.address(),
+        TransportConfig::default().relay_packets_per_second,
     )
     .expect("socket");
     let mut config = quinn::EndpointConfig::default();

@@ -25,10 +25,9 @@ use tern_proto::{Address, PublicIdentity, SecretIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
 use crate::transport::paths::{Route, is_link};
-use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted};
+use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted, Relayed};
 use crate::transport::stun;
 
 /// Tunables of the transport. The defaults suit the open internet behind home NATs.
@@ -413,8 +412,6 @@ struct Shared {
     buffer_sizes: BufferSizes,
     state: Mutex<State>,
     control_counter: Mutex<Counter>,
-    relay_limiter: Mutex<RateLimiter>,
-    relay_limited: std::sync::atomic::AtomicU64,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -459,8 +456,13 @@ impl Node {
     ) -> Result<Self, NodeError> {
         socket.set_nonblocking(true).map_err(NodeError::Socket)?;
         let (demux, diverted, buffer_sizes) =
-            DemuxSocket::new(socket, config.socket_buffer_bytes, identity.address())
-                .map_err(NodeError::Socket)?;
+            DemuxSocket::new(
+                socket,
+                config.socket_buffer_bytes,
+                identity.address(),
+                config.relay_packets_per_second,
+            )
+            .map_err(NodeError::Socket)?;
         let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
         let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
         let mut endpoint_config = quinn::EndpointConfig::default();
@@ -489,11 +491,6 @@ impl Node {
             buffer_sizes,
             state: Mutex::new(State::default()),
             control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
-            relay_limiter: Mutex::new(RateLimiter::new(
-                config.relay_packets_per_second,
-                config.relay_packets_per_second,
-            )),
-            relay_limited: Default::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
         });
@@ -546,7 +543,7 @@ impl Node {
             unknown: stats.unknown_dropped.load(Relaxed),
             control_queue_full: stats.diverted_dropped.load(Relaxed),
             unroutable: stats.unroutable_dropped.load(Relaxed),
-            relay_rate_limited: self.shared.relay_limited.load(Relaxed),
+            relay_rate_limited: stats.relay_rate_limited.load(Relaxed),
         }
     }
 
@@ -1221,7 +1218,6 @@ async fn serve_datagrams(connection: quinn::Connection, peer: Address, shared: W
 
 /// Handles every datagram that is not QUIC: STUN and sealed control packets.
 async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Shared>) {
-    let mut relay_routes = RelayRoutes::default();
     while let Some(packet) = diverted.recv().await {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -1231,9 +1227,7 @@ async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Share
             PacketKind::Tern(TernType::SealedControl) => {
                 handle_control(&shared, &packet).map(|r| (packet.from, r.into()))
             }
-            PacketKind::Tern(TernType::Relay) => {
-                forward_relayed(&shared, &mut relay_routes, &packet)
-            }
+            PacketKind::Tern(TernType::Relay) => forward_relayed(&shared, &packet),
             PacketKind::Quic | PacketKind::Unknown => None,
         };
         if let Some((to, reply)) = reply
@@ -1241,34 +1235,6 @@ async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Share
         {
             tracing::debug!(%to, error = %e, "control reply not sent");
         }
-    }
-}
-
-/// Where the relay reaches each peer, looked up at most once a second per peer: asking the
-/// connection (and the path table) for every relayed packet would cost more than sending it.
-/// Only found addresses are kept, so a peer that just connected is seen at once.
-#[derive(Default)]
-struct RelayRoutes {
-    known: HashMap<Address, (SocketAddr, Instant)>,
-}
-
-impl RelayRoutes {
-    const FRESH_FOR: Duration = Duration::from_secs(1);
-
-    fn direct_address(&mut self, shared: &Shared, peer: Address) -> Option<SocketAddr> {
-        let now = Instant::now();
-        if let Some(&(at, since)) = self.known.get(&peer)
-            && now.duration_since(since) < Self::FRESH_FOR
-        {
-            return Some(at);
-        }
-        if self.known.len() >= MAX_KNOWN {
-            self.known
-                .retain(|_, (_, since)| now.duration_since(*since) < Self::FRESH_FOR);
-        }
-        let at = direct_address(shared, peer)?;
-        self.known.insert(peer, (at, now));
-        Some(at)
     }
 }
 
@@ -1282,32 +1248,24 @@ fn direct_address(shared: &Shared, peer: Address) -> Option<SocketAddr> {
     }
 }
 
-/// Serving as a relay: forwards a frame unchanged (so never amplified) to its destination,
-/// if the source is a connected peer sending from its verified address (no spoofed sources)
-/// and the destination is directly connected too.
-fn forward_relayed(
-    shared: &Shared,
-    routes: &mut RelayRoutes,
-    packet: &Diverted,
-) -> Option<(SocketAddr, Bytes)> {
+/// Serving as a relay, for frames the socket could not route on its own (peers it has not
+/// learnt about lately): looks both peers up, teaches the socket, and forwards the frame
+/// unchanged (so never amplified) if its source is a connected peer sending from its
+/// verified address (no spoofed sources) and its destination is directly connected too.
+fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Bytes)> {
     let (header, _) = RelayHeader::decode(&packet.data)?;
-    if routes.direct_address(shared, header.source) != Some(packet.from) {
-        tracing::debug!(source = %header.source, from = %packet.from, "relay frame from an unverified source dropped");
-        return None;
+    for peer in [header.source, header.destination] {
+        if let Some(at) = direct_address(shared, peer) {
+            shared.socket.learn_relay_route(peer, at);
+        }
     }
-    let allowed = shared
-        .relay_limiter
-        .lock()
-        .expect("relay limiter lock")
-        .allow(Instant::now(), header.source);
-    if !allowed {
-        shared
-            .relay_limited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return None;
+    match shared.socket.route_relayed(packet.from, &header) {
+        Relayed::Forward(to) => Some((to, packet.data.clone())),
+        Relayed::Refused | Relayed::Unknown => {
+            tracing::debug!(source = %header.source, destination = %header.destination, from = %packet.from, "relay frame dropped");
+            None
+        }
     }
-    let to = routes.direct_address(shared, header.destination)?;
-    Some((to, packet.data.clone()))
 }
 
 fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {

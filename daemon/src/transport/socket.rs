@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::paths::{PathTable, Route, canonical, is_link, link_address};
+use crate::ratelimit::RateLimiter;
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
 const DIVERTED_QUEUE: usize = 4096;
@@ -58,6 +59,31 @@ pub struct SocketStats {
     pub unroutable_dropped: AtomicU64,
     pub relayed_dropped: AtomicU64,
     pub links_refused: AtomicU64,
+    pub relay_rate_limited: AtomicU64,
+}
+
+/// How long a relay trusts what it learnt of where a peer is, before asking the node again.
+const RELAY_ROUTE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Relay routes kept at once; past this, stale ones are forgotten.
+const MAX_RELAY_ROUTES: usize = 4096;
+
+/// Serving as a relay: where each connected peer is reached (as the node verified it), and
+/// the per-peer rate limit. Frames between peers known here are forwarded as they arrive,
+/// without leaving the receive path; others go to the node, which looks the peers up.
+#[derive(Debug)]
+struct Relaying {
+    routes: HashMap<Address, (SocketAddr, std::time::Instant)>,
+    limiter: RateLimiter,
+}
+
+/// What a relay does with a frame for another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    Forward(SocketAddr),
+    /// Its source is not where that peer is connected from (spoofed), or over its rate.
+    Refused,
+    /// A peer not looked up lately: ask the node.
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -80,6 +106,7 @@ pub struct DemuxSocket {
     recv_waker: Mutex<Option<Waker>>,
     links: Mutex<HashMap<SocketAddr, Link>>,
     next_link: AtomicU64,
+    relaying: Mutex<Relaying>,
     diverted: mpsc::Sender<Diverted>,
     pub stats: SocketStats,
 }
@@ -98,6 +125,7 @@ impl DemuxSocket {
         socket: std::net::UdpSocket,
         buffer_bytes: usize,
         me: Address,
+        relay_packets_per_second: f64,
     ) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>, BufferSizes)> {
         let sizes = set_buffer_sizes(&socket, buffer_bytes);
         let inner_ipv6 = socket.local_addr()?.is_ipv6();
@@ -112,6 +140,10 @@ impl DemuxSocket {
             recv_waker: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(0),
+            relaying: Mutex::new(Relaying {
+                routes: HashMap::new(),
+                limiter: RateLimiter::new(relay_packets_per_second, relay_packets_per_second),
+            }),
             diverted: tx,
             stats: SocketStats::default(),
         });
@@ -215,6 +247,7 @@ impl DemuxSocket {
                 });
                 self.inject(synthetic, Bytes::copy_from_slice(packet));
             }
+            PacketKind::Tern(TernType::Relay) if self.relayed_here(from, segment) => {}
             kind => {
                 let diverted = Diverted {
                     kind,
@@ -227,6 +260,68 @@ impl DemuxSocket {
             }
         }
         Sorted::Taken
+    }
+
+    /// Serving as a relay: what to do with a frame that arrived from `from`.
+    pub fn route_relayed(&self, from: SocketAddr, header: &RelayHeader) -> Relayed {
+        let mut relaying = self.relaying.lock().expect("relaying lock");
+        let now = std::time::Instant::now();
+        let fresh = |peer: Address| {
+            relaying
+                .routes
+                .get(&peer)
+                .filter(|(_, since)| now.duration_since(*since) < RELAY_ROUTE_FRESH)
+                .map(|(at, _)| *at)
+        };
+        let (source, destination) = (fresh(header.source), fresh(header.destination));
+        match (source, destination) {
+            (Some(source), _) if source != from => Relayed::Refused,
+            (Some(_), Some(to)) => {
+                if relaying.limiter.allow(now, header.source) {
+                    Relayed::Forward(to)
+                } else {
+                    self.stats.relay_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    Relayed::Refused
+                }
+            }
+            _ => Relayed::Unknown,
+        }
+    }
+
+    /// Notes where the node verified that `peer` is connected from (for relaying).
+    pub fn learn_relay_route(&self, peer: Address, at: SocketAddr) {
+        let mut relaying = self.relaying.lock().expect("relaying lock");
+        let now = std::time::Instant::now();
+        if relaying.routes.len() >= MAX_RELAY_ROUTES {
+            relaying
+                .routes
+                .retain(|_, (_, since)| now.duration_since(*since) < RELAY_ROUTE_FRESH);
+        }
+        relaying.routes.insert(peer, (at, now));
+    }
+
+    /// Forwards (or refuses) a frame for another node if the routes known here decide it;
+    /// false leaves it to the node. A full socket loses the frame, which QUIC recovers from.
+    fn relayed_here(&self, from: SocketAddr, frame: &[u8]) -> bool {
+        let Some((header, _)) = RelayHeader::decode(frame) else {
+            return false;
+        };
+        let to = match self.route_relayed(from, &header) {
+            Relayed::Forward(to) => to,
+            Relayed::Refused => return true,
+            Relayed::Unknown => return false,
+        };
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: frame,
+            segment_size: None,
+            src_ip: None,
+        };
+        if self.send_to(to, &transmit).is_err() {
+            self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        true
     }
 
     /// Queues a QUIC packet for quinn as coming from `synthetic`.
