@@ -178,11 +178,6 @@ pub enum ListenError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatagramError {
-    #[error("no TCP link to {at}: {source}")]
-    Tcp {
-        at: SocketAddr,
-        source: std::io::Error,
-    },
     #[error("not connected to {0}: dial it first")]
     NotConnected(Address),
     #[error("datagram to {peer} not sent: {reason}")]
@@ -455,14 +450,13 @@ impl Node {
         config: TransportConfig,
     ) -> Result<Self, NodeError> {
         socket.set_nonblocking(true).map_err(NodeError::Socket)?;
-        let (demux, diverted, buffer_sizes) =
-            DemuxSocket::new(
-                socket,
-                config.socket_buffer_bytes,
-                identity.address(),
-                config.relay_packets_per_second,
-            )
-            .map_err(NodeError::Socket)?;
+        let (demux, diverted, buffer_sizes) = DemuxSocket::new(
+            socket,
+            config.socket_buffer_bytes,
+            identity.address(),
+            config.relay_packets_per_second,
+        )
+        .map_err(NodeError::Socket)?;
         let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
         let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
         let mut endpoint_config = quinn::EndpointConfig::default();

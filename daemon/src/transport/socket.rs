@@ -280,7 +280,9 @@ impl DemuxSocket {
                 if relaying.limiter.allow(now, header.source) {
                     Relayed::Forward(to)
                 } else {
-                    self.stats.relay_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .relay_rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
                     Relayed::Refused
                 }
             }
