@@ -477,6 +477,7 @@ impl Daemon {
             .map_or(PUNCH_HEAD_START, |rtt| (rtt * 2).min(PUNCH_HEAD_START))
             + Duration::from_millis(20);
         let early = tokio::time::timeout(head_start, &mut punch).await;
+        let mut relay_failed = None;
         let answered = match early {
             Ok(answered) => answered,
             Err(_) => {
@@ -490,6 +491,7 @@ impl Daemon {
                         }
                         Err(e) => {
                             tracing::debug!(peer = %target, error = %e, "relay failed; waiting for the punch");
+                            relay_failed = Some(e);
                             punch.await
                         }
                     },
@@ -508,17 +510,21 @@ impl Daemon {
                 }
             }
         }
-        if !self.node.is_connected(target)
-            && let Err(e) = self.node.connect_via_relay(target, relay).await
-        {
-            // Not connected to that rendezvous, say: its endpoints may still answer a dial.
-            return self
-                .dial_endpoints(target, &record.endpoints)
-                .await
-                .map_err(|dialled| DaemonError::Unreachable {
-                    peer: target,
-                    detail: format!("no punched path, through the relay: {e}; {dialled}"),
-                });
+        if !self.node.is_connected(target) {
+            let relayed = match relay_failed {
+                Some(e) => Err(e),
+                None => self.node.connect_via_relay(target, relay).await,
+            };
+            if let Err(e) = relayed {
+                // Not connected to that rendezvous, say: its endpoints may still answer.
+                return self
+                    .dial_endpoints(target, &record.endpoints)
+                    .await
+                    .map_err(|dialled| DaemonError::Unreachable {
+                        peer: target,
+                        detail: format!("no punched path, through the relay: {e}; {dialled}"),
+                    });
+            }
         }
         self.monitor(target, relay, server, &record, Path::Relay);
         Ok(())
