@@ -259,6 +259,7 @@ impl Daemon {
             Arc::downgrade(&daemon),
             trust_requests,
         ));
+        tokio::spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
         tokio::spawn(refresh_own_record(Arc::downgrade(&daemon)));
         tokio::spawn(persist_records(Arc::downgrade(&daemon), claimed));
         for index in 0..config.rendezvous.len() {

@@ -1036,17 +1036,16 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
     shared.socket.paths().pin(synthetic);
     {
         let mut state = shared.state();
-        // When both sides dial at once there are two connections; the older live one keeps
-        // carrying new streams, and streams the peer opens on either are served.
-        if state.live_connection(address).is_none() {
-            state.peers.insert(
-                address,
-                Peer {
-                    connection: connection.clone(),
-                    since: SystemTime::now(),
-                },
-            );
-        }
+        // The newest verified connection carries new streams: a peer that restarted has left
+        // its old connection dead but not yet timed out. (When both sides dial at once there
+        // are two; streams the peer opens on either are served.)
+        state.peers.insert(
+            address,
+            Peer {
+                connection: connection.clone(),
+                since: SystemTime::now(),
+            },
+        );
         state.learn(&shared.identity, &peer);
     }
     tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");

@@ -36,6 +36,9 @@ pub struct RequestBook {
     /// Requests this node sent and that are not answered yet: peer → Unix seconds sent.
     #[serde(default)]
     outgoing: BTreeMap<Address, u64>,
+    /// Answers given here that the requester has not been told yet: peer → approved.
+    #[serde(default)]
+    untold: BTreeMap<Address, bool>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -138,6 +141,24 @@ impl RequestBook {
         self.outgoing.contains_key(&peer)
     }
 
+    /// Notes an answer to tell `peer` later (it could not be reached); bounded like pending.
+    pub fn add_untold(&mut self, peer: Address, approved: bool) {
+        if self.untold.len() < MAX_PENDING {
+            self.untold.insert(peer, approved);
+        }
+    }
+
+    pub fn take_untold(&mut self, peer: Address) -> Option<bool> {
+        self.untold.remove(&peer)
+    }
+
+    pub fn untold(&self) -> Vec<(Address, bool)> {
+        self.untold
+            .iter()
+            .map(|(&peer, &approved)| (peer, approved))
+            .collect()
+    }
+
     pub fn outgoing_list(&self) -> Vec<Value> {
         self.outgoing
             .iter()
@@ -224,24 +245,60 @@ impl Daemon {
         if approve {
             self.set_trust(peer, true)?;
         }
-        let message = if approve {
-            Message::Approved
-        } else {
-            Message::Rejected
-        };
-        let told = async {
-            self.ensure_connected(peer).await?;
-            send(&self.node, peer, &message)
-                .await
-                .map_err(|source| DaemonError::TrustRequest { peer, source })
+        let told = tokio::time::timeout(TELL_WAIT, self.tell_answer(peer, approve))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DaemonError::Unreachable {
+                    peer,
+                    detail: format!("no answer within {TELL_WAIT:?}; it will be told later"),
+                })
+            });
+        if told.is_err() {
+            self.requests
+                .lock()
+                .expect("requests lock")
+                .update(|book| book.add_untold(peer, approve))?;
         }
-        .await;
         Ok(json!({
             "address": peer,
             "approved": approve,
             "told": told.is_ok(),
             "told_error": told.err().map(|e| e.to_string()),
         }))
+    }
+
+    /// Tells `peer` how its request was answered.
+    async fn tell_answer(&self, peer: Address, approved: bool) -> Result<(), DaemonError> {
+        let message = match approved {
+            true => Message::Approved,
+            false => Message::Rejected,
+        };
+        self.ensure_connected(peer).await?;
+        send(&self.node, peer, &message)
+            .await
+            .map_err(|source| DaemonError::TrustRequest { peer, source })
+    }
+
+    /// Tries again to tell requesters that could not be reached when their request was
+    /// answered; an answer stays queued (in the home) until it is delivered.
+    pub(crate) async fn tell_untold(&self) {
+        let untold = self.requests.lock().expect("requests lock").get().untold();
+        for (peer, approved) in untold {
+            let told = match self.tell_answer(peer, approved).await {
+                Ok(()) => true,
+                // It answered, but had no request to us (any more): nothing left to tell.
+                Err(DaemonError::TrustRequest {
+                    source: SendError::Refused { .. },
+                    ..
+                }) => true,
+                Err(_) => false,
+            };
+            if told {
+                tracing::info!(%peer, approved, "told a requester the answer to its trust request");
+                let mut requests = self.requests.lock().expect("requests lock");
+                let _ = requests.update(|book| book.take_untold(peer));
+            }
+        }
     }
 
     /// One message on the trust request port from a verified peer.
@@ -296,6 +353,20 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// How long answering a request waits to tell the requester before queueing the news.
+pub const TELL_WAIT: Duration = Duration::from_secs(3);
+/// How often answers that could not be delivered are tried again.
+pub const RETELL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Retries undelivered answers every [`RETELL_INTERVAL`] while the daemon lives.
+pub async fn retell(daemon: std::sync::Weak<Daemon>) {
+    loop {
+        tokio::time::sleep(RETELL_INTERVAL).await;
+        let Some(d) = daemon.upgrade() else { return };
+        d.tell_untold().await;
     }
 }
 

@@ -69,6 +69,11 @@ impl Daemon {
 
     /// Stops this daemon and starts a new one on the same home and listen address.
     pub fn restart(self, args: &[&str]) -> Self {
+        self.restart_after(args, || {})
+    }
+
+    /// Like [`Daemon::restart`], running `meanwhile` while the daemon is down.
+    pub fn restart_after(self, args: &[&str], meanwhile: impl FnOnce()) -> Self {
         let Daemon {
             home,
             listen,
@@ -76,6 +81,7 @@ impl Daemon {
             ..
         } = self;
         drop(_process);
+        meanwhile();
         Self::launch(home, None, &listen, args)
     }
 

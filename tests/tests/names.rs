@@ -236,4 +236,22 @@ fn a_trust_request_once_approved_opens_private_ports_both_ways() {
             .to_string()
             .contains(&c.address)
     );
+
+    // A requester that is down when its request is approved is told once it is back.
+    let d = Daemon::start(&["--rendezvous", &alpha.listen]);
+    assert!(d.ternctl(&["trust", "request", "alpha"]).status.success());
+    let d_address = d.address.clone();
+    let d = d.restart_after(&["--rendezvous", &alpha.listen], || {
+        let (ok, approved) = alpha.ternctl_json(&["trust", "approve", &d_address]);
+        assert!(ok, "{approved}");
+        assert_eq!(approved["data"]["told"], false, "{approved}");
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.ternctl_json(&["trust", "list"]).1["data"]["trusted"]
+        .to_string()
+        .contains(&alpha.address)
+    {
+        assert!(Instant::now() < deadline, "never told:\n{}", alpha.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
