@@ -67,10 +67,7 @@ impl ControlMessage {
                 r.finish("pong")?;
                 Ok(Self::Pong { txid, observed })
             }
-            other => Err(DecodeError::Invalid {
-                what: "control message type",
-                detail: format!("{other:#04x}"),
-            }),
+            other => Err(DecodeError::unknown("control message type", other)),
         }
     }
 }

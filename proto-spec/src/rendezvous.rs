@@ -25,7 +25,9 @@
 use crate::address::Address;
 use crate::name::{Name, put_name, read_name};
 use crate::record::{MAX_RECORD_LEN, Record, RecordError};
-use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
+use crate::wire::{
+    DecodeError, Reader, put_reason, put_socket_addr, read_reason, read_socket_addr,
+};
 use std::net::SocketAddr;
 
 pub const RENDEZVOUS_PORT: u16 = 1;
@@ -131,13 +133,7 @@ impl Request {
                 record: read_record(&mut r)?,
             },
             0x04 => Self::LookupName(required_name(&mut r)?),
-            other => {
-                return Err(DecodeError::Invalid {
-                    what: "request type",
-                    detail: format!("{other:#04x}"),
-                }
-                .into());
-            }
+            other => return Err(DecodeError::unknown("request type", other).into()),
         };
         r.finish("rendezvous request")?;
         Ok(request)
@@ -159,8 +155,7 @@ impl Answer {
             Self::NotFound => out.push(0x02),
             Self::Refused(reason) => {
                 out.push(0x03);
-                let reason: String = reason.chars().take(200).collect();
-                put_blob(&mut out, reason.as_bytes());
+                put_reason(&mut out, reason);
             }
             Self::Introduced => out.push(0x04),
             Self::NameTaken { name, holder } => {
@@ -185,16 +180,8 @@ impl Answer {
                 name: required_name(&mut r)?,
                 holder: Address::from_bytes(r.array("holder address")?),
             },
-            0x03 => Self::Refused(
-                String::from_utf8_lossy(read_blob(&mut r, MAX_MESSAGE_LEN, "reason")?).into_owned(),
-            ),
-            other => {
-                return Err(DecodeError::Invalid {
-                    what: "answer type",
-                    detail: format!("{other:#04x}"),
-                }
-                .into());
-            }
+            0x03 => Self::Refused(read_reason(&mut r)?),
+            other => return Err(DecodeError::unknown("answer type", other).into()),
         };
         r.finish("rendezvous answer")?;
         Ok(answer)

@@ -75,12 +75,7 @@ impl StreamStatus {
             0x02 => Self::NoListener,
             0x03 => Self::Busy,
             0x04 => Self::BadPreamble,
-            other => {
-                return Err(DecodeError::Invalid {
-                    what: "stream status",
-                    detail: format!("{other:#04x}"),
-                });
-            }
+            other => return Err(DecodeError::unknown("stream status", other)),
         })
     }
 }

@@ -18,7 +18,7 @@
 
 use crate::address::Address;
 use crate::identity::{IdentityError, PublicIdentity, SecretIdentity};
-use crate::wire::{DecodeError, Reader};
+use crate::wire::{DecodeError, Reader, put_reason, read_reason};
 use ed25519_dalek::{Signature, Signer, Verifier};
 
 pub const TRUST_REQUEST_PORT: u16 = 2;
@@ -154,13 +154,7 @@ impl Message {
             0x01 => Self::Request(Box::new(read_signed(&mut r)?)),
             0x02 => Self::Approved,
             0x03 => Self::Rejected,
-            other => {
-                return Err(DecodeError::Invalid {
-                    what: "message type",
-                    detail: format!("{other:#04x}"),
-                }
-                .into());
-            }
+            other => return Err(DecodeError::unknown("message type", other).into()),
         };
         r.finish("trust request message")?;
         Ok(message)
@@ -172,10 +166,8 @@ impl Answer {
         match self {
             Self::Accepted => vec![0x00],
             Self::Refused(reason) => {
-                let reason: String = reason.chars().take(200).collect();
                 let mut out = vec![0x01];
-                out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
-                out.extend_from_slice(reason.as_bytes());
+                put_reason(&mut out, reason);
                 out
             }
         }
@@ -185,16 +177,8 @@ impl Answer {
         let mut r = Reader::new(bytes);
         let answer = match r.u8("answer type")? {
             0x00 => Self::Accepted,
-            0x01 => {
-                let len = r.u16("reason length")? as usize;
-                Self::Refused(String::from_utf8_lossy(r.take(len, "reason")?).into_owned())
-            }
-            other => {
-                return Err(DecodeError::Invalid {
-                    what: "answer type",
-                    detail: format!("{other:#04x}"),
-                });
-            }
+            0x01 => Self::Refused(read_reason(&mut r)?),
+            other => return Err(DecodeError::unknown("answer type", other)),
         };
         r.finish("trust request answer")?;
         Ok(answer)

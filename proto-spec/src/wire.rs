@@ -13,6 +13,32 @@ pub enum DecodeError {
     TrailingBytes { what: &'static str, extra: usize },
 }
 
+impl DecodeError {
+    /// A type byte that names no message of the format.
+    pub fn unknown(what: &'static str, byte: u8) -> Self {
+        Self::Invalid {
+            what,
+            detail: format!("{byte:#04x}"),
+        }
+    }
+}
+
+/// Longest refusal reason sent, in characters (a reason explains; it does not carry data).
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// A refusal reason on the wire: length u16, then UTF-8, cut to [`MAX_REASON_CHARS`].
+pub fn put_reason(out: &mut Vec<u8>, reason: &str) {
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+}
+
+/// Reads a [`put_reason`] reason; bytes that are not UTF-8 are replaced, not refused.
+pub fn read_reason(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = r.u16("reason length")? as usize;
+    Ok(String::from_utf8_lossy(r.take(len, "reason")?).into_owned())
+}
+
 /// A cursor over received bytes; every read checks the length first.
 pub struct Reader<'a> {
     bytes: &'a [u8],
