@@ -28,7 +28,7 @@ use crate::rendezvous::{
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::{canonical, is_link};
-use crate::traversal::{self, Path};
+use crate::traversal::{self, Asker, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
 use tokio::sync::mpsc;
@@ -242,12 +242,16 @@ impl Daemon {
             streams: Mutex::new(StreamTable::default()),
         });
         let claimed = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(rendezvous::serve(
-            node.clone(),
-            daemon.registry.clone(),
-            daemon.limits.clone(),
-            claimed.clone(),
-        ));
+        let me = Arc::downgrade(&daemon);
+        tokio::spawn(rendezvous::serve(Arc::new(rendezvous::Service {
+            node: node.clone(),
+            registry: daemon.registry.clone(),
+            limits: daemon.limits.clone(),
+            claimed: claimed.clone(),
+            is_own_server: Box::new(move |peer| {
+                me.upgrade().is_some_and(|d| d.is_own_server(peer))
+            }),
+        })));
         let echo = node
             .listen(ECHO_PORT, Access::Open)
             .expect("a fresh node has no listener on the echo port");
@@ -340,6 +344,23 @@ impl Daemon {
         .expect("endpoints are truncated to the record's maximum")
     }
 
+    /// Whether `peer` is one of the rendezvous servers this node registers with.
+    pub(crate) fn is_own_server(&self, peer: Address) -> bool {
+        let servers = self.servers.lock().expect("server state lock");
+        servers.iter().any(|s| s.address == Some(peer))
+    }
+
+    /// Whether this node's own registry is among the rendezvous it resolves through: only
+    /// when it is its own rendezvous. Anyone may register at any ternd, so otherwise its
+    /// registry answers the peers that use it, never this node's own look-ups.
+    pub(crate) fn resolves_through_own_registry(&self) -> bool {
+        let servers = self.servers.lock().expect("server state lock");
+        servers.is_empty()
+            || servers
+                .iter()
+                .any(|s| s.address == Some(self.node.address()))
+    }
+
     pub fn own_name(&self) -> Option<Name> {
         self.names.lock().expect("names lock").get().own.clone()
     }
@@ -350,11 +371,12 @@ impl Daemon {
         &self,
         target: Address,
     ) -> Result<(Record, Option<Address>), DaemonError> {
-        if let Some(record) = self
-            .registry
-            .lock()
-            .expect("registry lock")
-            .lookup(unix_now(), target)
+        if self.resolves_through_own_registry()
+            && let Some(record) = self
+                .registry
+                .lock()
+                .expect("registry lock")
+                .lookup(unix_now(), target)
         {
             return Ok((record.clone(), None));
         }
@@ -470,7 +492,7 @@ impl Daemon {
         let Some((server, relay)) = relayed_by else {
             return self.dial_endpoints(target, &record.endpoints).await;
         };
-        let punch = self.punch(target, server, &record.endpoints);
+        let punch = self.punch(target, server, relay, &record.endpoints);
         tokio::pin!(punch);
         let head_start = self
             .node
@@ -560,8 +582,10 @@ impl Daemon {
         &self,
         target: Address,
         server: Address,
+        server_at: SocketAddr,
         endpoints: &[SocketAddr],
     ) -> Option<SocketAddr> {
+        let candidates = traversal::probe_candidates(endpoints, server_at, Asker::Us);
         // The introduction is answered once the target has started probing us, so our first
         // probes already meet an open NAT on its side.
         let introduced =
@@ -570,7 +594,7 @@ impl Daemon {
         if let Err(e) = &introduced {
             tracing::debug!(peer = %target, error = %e, "no introduction");
         }
-        self.node.probe(target, endpoints, PUNCH_WINDOW).await
+        self.node.probe(target, &candidates, PUNCH_WINDOW).await
     }
 
     /// Starts the path monitor for the connection to `target`, unless one runs.
@@ -717,13 +741,36 @@ impl Daemon {
     }
 }
 
+/// An echo stream that moves nothing for this long is reset: the echo port is open to every
+/// peer, so no peer may park streams on it.
+const ECHO_IDLE: Duration = Duration::from_secs(30);
+
 async fn serve_echo(mut listener: Listener) {
-    while let Some(mut stream) = listener.accept().await {
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut stream.recv, &mut stream.send).await;
-            let _ = stream.send.shutdown().await;
-        });
+    while let Some(stream) = listener.accept().await {
+        tokio::spawn(echo(stream));
     }
+}
+
+async fn echo(mut stream: OverlayStream) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match tokio::time::timeout(ECHO_IDLE, stream.recv.read(&mut buf)).await {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => {
+                let _ = stream.send.shutdown().await;
+                return;
+            }
+            Ok(Err(_)) => return,
+            Err(_) => break,
+        };
+        match tokio::time::timeout(ECHO_IDLE, stream.send.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => break,
+        }
+    }
+    let _ = stream.send.reset(0u32.into());
+    let _ = stream.recv.stop(0u32.into());
 }
 
 /// Keeps this node's own record in its own registry fresh, so peers that use this node as

@@ -77,26 +77,37 @@ impl NameBook {
 }
 
 impl Daemon {
-    /// The address a TARGET names: an address as it is, a name through the operator's
-    /// aliases, else the rendezvous (checked against the pinned key).
+    /// The address a TARGET names: an address as it is; a name through the operator's
+    /// aliases, then the key pinned for it, then the rendezvous servers (see
+    /// [`Daemon::find_name`]).
     pub async fn resolve(&self, target: &str) -> Result<Address, DaemonError> {
         match target.parse::<Target>()? {
             Target::Address(address) => Ok(address),
             Target::Name(name) => match self.alias(&name) {
                 Some(address) => Ok(address),
-                None => Ok(self.find_name(&name).await?.address()),
+                None => {
+                    // Connected to the pinned key already: that is the name's node.
+                    if let Some(pin) = self.pin(&name)
+                        && self.node.is_connected(pin.address)
+                    {
+                        return Ok(pin.address);
+                    }
+                    Ok(self.find_name(&name).await?.0.address())
+                }
             },
         }
     }
 
-    /// What `ternctl find` shows: the target's verified record and how the name resolved.
+    /// What `ternctl find` shows: the target's verified record, where it came from (`via`:
+    /// a rendezvous) and how the TARGET was resolved (`resolved`: address, alias, pinned or
+    /// name).
     pub async fn find_target(&self, target: &str) -> Result<Value, DaemonError> {
         let parsed = target.parse::<Target>()?;
-        let (record, via) = match &parsed {
+        let (record, resolved) = match &parsed {
             Target::Address(address) => (self.find(*address).await?.0, "address"),
             Target::Name(name) => match self.alias(name) {
                 Some(address) => (self.find(address).await?.0, "alias"),
-                None => (self.find_name(name).await?, "rendezvous"),
+                None => self.find_name(name).await?,
             },
         };
         Ok(json!({
@@ -106,8 +117,14 @@ impl Daemon {
             "name": record.name,
             "endpoints": record.endpoints,
             "expires": record.expires,
-            "via": via,
+            "via": "rendezvous",
+            "resolved": resolved,
         }))
+    }
+
+    fn pin(&self, name: &Name) -> Option<Pin> {
+        let names = self.names.lock().expect("names lock");
+        names.get().pinned.get(name).cloned()
     }
 
     fn alias(&self, name: &Name) -> Option<Address> {
@@ -115,15 +132,27 @@ impl Daemon {
         names.get().aliases.get(name).copied()
     }
 
-    /// The live record that holds `name`, from this node's registry or its rendezvous
-    /// servers, checked against (or else pinned as) the key this node saw for it first.
-    async fn find_name(&self, name: &Name) -> Result<Record, DaemonError> {
+    /// The live record for `name` and how it was found: through the key pinned for it
+    /// ("pinned"), else the record holding the name at this node's rendezvous servers
+    /// ("name"), checked against (or else pinned as) the key this node saw for it first.
+    /// The pinned key comes first, so no rendezvous can move a name once it was seen.
+    async fn find_name(&self, name: &Name) -> Result<(Record, &'static str), DaemonError> {
+        if let Some(pin) = self.pin(name) {
+            match self.find(pin.address).await {
+                Ok((record, _)) if hex::encode(record.identity.key_bytes()) == pin.public_key => {
+                    return Ok((record, "pinned"));
+                }
+                // Gone, or unreachable: the name's holder now tells whether it moved.
+                Ok(_) | Err(_) => {}
+            }
+        }
         let own = self
-            .registry
-            .lock()
-            .expect("registry lock")
-            .lookup_name(unix_now(), name)
-            .cloned();
+            .resolves_through_own_registry()
+            .then(|| {
+                let registry = self.registry.lock().expect("registry lock");
+                registry.lookup_name(unix_now(), name).cloned()
+            })
+            .flatten();
         let record = match own {
             Some(record) => record,
             None => match self
@@ -140,7 +169,7 @@ impl Daemon {
             tracing::info!(%name, address = %pin.address, "name pinned");
             names.update(|book| book.pinned.insert(name.clone(), pin))?;
         }
-        Ok(record)
+        Ok((record, "name"))
     }
 
     /// Claims `name` (or, with None, drops this node's name) at once: saved in the home and

@@ -25,8 +25,9 @@ use tern_proto::{Address, PublicIdentity, SecretIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
-use crate::transport::paths::{Route, is_link};
+use crate::transport::paths::{Route, canonical, is_link};
 use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted, Relayed};
 use crate::transport::stun;
 
@@ -54,6 +55,16 @@ pub struct TransportConfig {
     /// Serving as a relay: packets one peer may have relayed per second (and in a burst);
     /// past this they are dropped and counted.
     pub relay_packets_per_second: f64,
+    /// Bytes one stream may have in flight towards this node (QUIC stream receive window).
+    pub stream_window: u32,
+    /// Bytes all streams of one connection may have in flight towards this node together:
+    /// what one peer can make this node buffer, whatever its streams do.
+    pub connection_window: u32,
+    /// Verified connections kept per identity (a peer that restarted, two dialling at
+    /// once); a newer one closes the oldest.
+    pub max_connections_per_peer: usize,
+    /// Verified connections in total; past this, new inbound handshakes are refused.
+    pub max_connections: usize,
 }
 
 impl Default for TransportConfig {
@@ -69,6 +80,11 @@ impl Default for TransportConfig {
             preamble_timeout: Duration::from_secs(10),
             max_streams_per_peer: 1024,
             relay_packets_per_second: 50_000.0,
+            // quinn's default per stream (1.25 MB); its connection default is unbounded.
+            stream_window: 1_250_000,
+            connection_window: 16 << 20,
+            max_connections_per_peer: 4,
+            max_connections: 4096,
         }
     }
 }
@@ -80,6 +96,8 @@ impl TransportConfig {
         quic.keep_alive_interval(Some(self.keep_alive));
         quic.max_idle_timeout(quinn::IdleTimeout::try_from(self.idle_timeout).ok());
         quic.max_concurrent_bidi_streams(self.max_streams_per_peer.into());
+        quic.stream_receive_window(self.stream_window.into());
+        quic.receive_window(self.connection_window.into());
         // The identity hello is the only unidirectional stream.
         quic.max_concurrent_uni_streams(1u8.into());
         quic
@@ -336,14 +354,25 @@ const MAX_KNOWN: usize = 4096;
 
 #[derive(Default)]
 struct State {
+    /// The newest verified connection to each peer: it carries new streams.
     peers: HashMap<Address, Peer>,
+    /// Every verified connection still open, per identity (at most
+    /// `max_connections_per_peer` each).
+    connections: HashMap<Address, Vec<quinn::Connection>>,
     ports: HashMap<u16, PortSenders>,
     trusted: std::collections::HashSet<Address>,
     known: HashMap<Address, Known>,
-    pings: HashMap<u64, oneshot::Sender<SocketAddr>>,
+    pings: HashMap<u64, PendingPing>,
     stun: HashMap<stun::TransactionId, oneshot::Sender<SocketAddr>>,
     next_ephemeral_port: u16,
-    next_txid: u64,
+}
+
+/// A sealed ping waiting for its pong. Only `peer`, answering from `to`, can answer it: the
+/// id is random, and a pong from another peer or another path says nothing about this one.
+struct PendingPing {
+    peer: Address,
+    to: SocketAddr,
+    answer: oneshot::Sender<SocketAddr>,
 }
 
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -389,6 +418,10 @@ impl State {
         );
     }
 
+    fn connection_count(&self) -> usize {
+        self.connections.values().map(Vec::len).sum()
+    }
+
     fn live_connection(&self, peer: Address) -> Option<quinn::Connection> {
         self.peers
             .get(&peer)
@@ -407,6 +440,8 @@ struct Shared {
     buffer_sizes: BufferSizes,
     state: Mutex<State>,
     control_counter: Mutex<Counter>,
+    probe_budget: Mutex<ProbeBudget>,
+    probes_limited: std::sync::atomic::AtomicU64,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -433,6 +468,8 @@ pub struct Drops {
     pub unroutable: u64,
     /// Relay frames beyond a peer's relay rate.
     pub relay_rate_limited: u64,
+    /// Hole-punching probes not sent: past the per-peer or total probe rate.
+    pub probes_limited: u64,
 }
 
 /// A running node. Cloning gives another handle to the same node; it shuts down when the last
@@ -485,6 +522,8 @@ impl Node {
             buffer_sizes,
             state: Mutex::new(State::default()),
             control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
+            probe_budget: Mutex::new(ProbeBudget::default()),
+            probes_limited: Default::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
         });
@@ -538,6 +577,7 @@ impl Node {
             control_queue_full: stats.diverted_dropped.load(Relaxed),
             unroutable: stats.unroutable_dropped.load(Relaxed),
             relay_rate_limited: stats.relay_rate_limited.load(Relaxed),
+            probes_limited: self.shared.probes_limited.load(Relaxed),
         }
     }
 
@@ -827,10 +867,16 @@ impl Node {
                     }
                 }
             };
-            state.next_txid += 1;
-            let txid = state.next_txid;
-            let (tx, rx) = oneshot::channel();
-            state.pings.insert(txid, tx);
+            let txid = random_u64();
+            let (answer, rx) = oneshot::channel();
+            state.pings.insert(
+                txid,
+                PendingPing {
+                    peer,
+                    to: canonical(to),
+                    answer,
+                },
+            );
             let counter = shared
                 .control_counter
                 .lock()
@@ -901,6 +947,10 @@ impl Node {
             let node = self.clone();
             probes.spawn(async move {
                 while tokio::time::Instant::now() < deadline {
+                    if !node.probe_allowed(peer) {
+                        tokio::time::sleep(PROBE_INTERVAL).await;
+                        continue;
+                    }
                     match node
                         .ping_within(peer, Some(candidate), PROBE_INTERVAL)
                         .await
@@ -933,6 +983,21 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Takes one probe packet from the node's budget (per peer and in total).
+    fn probe_allowed(&self, peer: Address) -> bool {
+        let allowed = self
+            .shared
+            .probe_budget
+            .lock()
+            .expect("probe budget lock")
+            .allow(Instant::now(), peer);
+        if !allowed {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.shared.probes_limited.fetch_add(1, Relaxed);
+        }
+        allowed
     }
 
     /// Asks a STUN server which address this node's socket appears from.
@@ -1008,6 +1073,40 @@ fn is_lan(addr: SocketAddr) -> bool {
     }
 }
 
+/// Probe packets hole punching may send: per peer (a punch to one peer needs about 60 a
+/// second) and in total, so that introductions from many identities cannot make this node
+/// a packet cannon.
+const PROBES_PER_SECOND_PER_PEER: f64 = 100.0;
+const PROBE_BURST_PER_PEER: f64 = 200.0;
+const PROBES_PER_SECOND: f64 = 500.0;
+const PROBE_BURST: f64 = 1000.0;
+
+struct ProbeBudget {
+    per_peer: RateLimiter,
+    total: RateLimiter<()>,
+}
+
+impl Default for ProbeBudget {
+    fn default() -> Self {
+        Self {
+            per_peer: RateLimiter::new(PROBES_PER_SECOND_PER_PEER, PROBE_BURST_PER_PEER),
+            total: RateLimiter::new(PROBES_PER_SECOND, PROBE_BURST),
+        }
+    }
+}
+
+impl ProbeBudget {
+    fn allow(&mut self, now: Instant, peer: Address) -> bool {
+        self.per_peer.allow(now, peer) && self.total.allow(now, ())
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    u64::from_le_bytes(bytes)
+}
+
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often hole punching re-sends a probe to each candidate endpoint.
@@ -1046,6 +1145,16 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
                 since: SystemTime::now(),
             },
         );
+        let kept = state.connections.entry(address).or_default();
+        kept.retain(|c| c.close_reason().is_none());
+        kept.push(connection.clone());
+        if kept.len() > shared.config.max_connections_per_peer {
+            // One identity cannot pin more than a few connections' worth of memory.
+            kept.remove(0).close(
+                CLOSE_TOO_MANY.into(),
+                b"too many connections from this identity",
+            );
+        }
         state.learn(&shared.identity, &peer);
     }
     tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");
@@ -1054,7 +1163,19 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         address,
         Arc::downgrade(shared),
     ));
+    tokio::spawn(refuse_uni_streams(connection.clone()));
     tokio::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
+}
+
+/// QUIC application close code: an identity opened more connections than a node keeps.
+pub const CLOSE_TOO_MANY: u32 = 0x1002;
+
+/// The identity hello is the only unidirectional stream; any later one is stopped at once so
+/// its data is never buffered.
+async fn refuse_uni_streams(connection: quinn::Connection) {
+    while let Ok(mut uni) = connection.accept_uni().await {
+        let _ = uni.stop(0u32.into());
+    }
 }
 
 async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
@@ -1068,31 +1189,88 @@ async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
     }
 }
 
+/// Where an inbound handshake comes from, for per-source limits: the real IP, or the peer a
+/// relay vouches for (relays forward only frames from a connected peer's verified address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum HandshakeSource {
+    Ip(std::net::IpAddr),
+    Relayed(Address),
+}
+
+/// Inbound handshakes in flight from one source; more are refused.
+const HANDSHAKES_PER_SOURCE: usize = 16;
+/// An unvalidated source (its address not proven by a Retry round trip) gets this long.
+const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Accepts inbound QUIC connections. Handshake slots are the scarce resource: once an eighth
+/// of them are taken, a source must first prove its address with a QUIC Retry round trip
+/// (spoofed sources cannot), no source holds more than a few, and an unvalidated one holds
+/// its slot for seconds, not the whole dial timeout.
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {
+    let in_flight: Arc<Mutex<HashMap<HandshakeSource, usize>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
+        let Some(node) = shared.upgrade() else { return };
+        let remote = incoming.remote_address();
+        if node.state().connection_count() >= node.config.max_connections {
+            tracing::debug!(%remote, "connection limit reached; handshake refused");
+            incoming.refuse();
+            continue;
+        }
+        let validated = incoming.remote_address_validated();
+        let busy = handshakes.available_permits() < node.config.max_handshakes * 7 / 8;
+        if busy && !validated {
+            if let Err(e) = incoming.retry() {
+                tracing::debug!(%remote, error = %e, "retry not possible");
+            }
+            continue;
+        }
+        let source = match node.socket.paths().route_for(&remote) {
+            Some(Route::Relay { peer, .. }) => HandshakeSource::Relayed(peer),
+            Some(Route::Direct(real)) => HandshakeSource::Ip(canonical(real).ip()),
+            None => HandshakeSource::Ip(remote.ip()),
+        };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes in flight; refused");
+            tracing::debug!(%remote, "too many handshakes in flight; refused");
             incoming.refuse();
             continue;
         };
-        let shared = shared.clone();
+        {
+            let mut counts = in_flight.lock().expect("handshake count lock");
+            let count = counts.entry(source).or_default();
+            if *count >= HANDSHAKES_PER_SOURCE {
+                tracing::debug!(%remote, ?source, "too many handshakes from one source; refused");
+                incoming.refuse();
+                continue;
+            }
+            *count += 1;
+        }
+        let timeout = match validated {
+            true => node.config.dial_timeout,
+            false => UNVALIDATED_HANDSHAKE_TIMEOUT.min(node.config.dial_timeout),
+        };
+        let me = node.identity.clone();
+        drop(node);
+        let (shared, in_flight) = (shared.clone(), in_flight.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(me) = shared.upgrade().map(|s| s.identity.clone()) else {
-                return;
-            };
-            let timeout = shared
-                .upgrade()
-                .map_or(Duration::ZERO, |s| s.config.dial_timeout);
             let outcome = tokio::time::timeout(timeout, async {
                 let connecting = incoming.accept().map_err(HandshakeError::from)?;
                 handshake::finish_accept(connecting, &me).await
             })
             .await;
+            {
+                let mut counts = in_flight.lock().expect("handshake count lock");
+                if let Some(count) = counts.get_mut(&source) {
+                    *count -= 1;
+                    if *count == 0 {
+                        counts.remove(&source);
+                    }
+                }
+            }
             match (outcome, shared.upgrade()) {
                 (Ok(Ok(verified)), Some(shared)) => register(&shared, verified),
                 (Ok(Err(e)), _) => tracing::debug!(error = %e, "inbound handshake failed"),
-                (Err(_), _) => tracing::debug!("inbound handshake timed out"),
+                (Err(_), _) => tracing::debug!(?source, "inbound handshake timed out"),
                 (Ok(Ok(_)), None) => {}
             }
         });
@@ -1113,12 +1291,19 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
         let synthetic = connection.remote_address();
         shared.socket.paths().unpin(synthetic);
         let mut state = shared.state();
+        let id = connection.stable_id();
         if state
             .peers
             .get(&peer)
-            .is_some_and(|p| p.connection.stable_id() == connection.stable_id())
+            .is_some_and(|p| p.connection.stable_id() == id)
         {
             state.peers.remove(&peer);
+        }
+        if let Some(kept) = state.connections.get_mut(&peer) {
+            kept.retain(|c| c.stable_id() != id);
+            if kept.is_empty() {
+                state.connections.remove(&peer);
+            }
         }
     }
 }
@@ -1300,8 +1485,11 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
             ))
         }
         ControlMessage::Pong { txid, .. } => {
-            if let Some(waiter) = state.pings.remove(&txid) {
-                let _ = waiter.send(packet.from);
+            let answers = |p: &PendingPing| p.peer == from && p.to == canonical(packet.from);
+            if state.pings.get(&txid).is_some_and(answers)
+                && let Some(ping) = state.pings.remove(&txid)
+            {
+                let _ = ping.answer.send(packet.from);
             }
             None
         }

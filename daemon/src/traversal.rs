@@ -10,7 +10,7 @@
 //! [`PathMonitor`] makes the decisions without I/O or a clock of its own (time comes in as
 //! `now`); [`run`] is the thin async shell that sends the probes and applies the switches.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use tern_proto::Address;
 use tokio::time::Instant;
 
 use crate::daemon::Daemon;
-use crate::transport::paths::Route;
+use crate::transport::paths::{Route, canonical, is_link};
 
 /// How often a direct path is checked with a sealed ping, and how long each check waits.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -119,6 +119,91 @@ impl PathMonitor {
     }
 }
 
+/// How far an address reaches: this host, a private network, or the internet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    Host,
+    Private,
+    Internet,
+}
+
+/// `None` for addresses that are never a peer's endpoint: unspecified, broadcast, multicast,
+/// link-local (a record cannot carry the scope), port 0.
+fn reach(endpoint: SocketAddr) -> Option<Reach> {
+    let endpoint = canonical(endpoint);
+    if endpoint.port() == 0 {
+        return None;
+    }
+    match endpoint.ip() {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            if ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                || ip.is_link_local()
+                || a == 0
+            {
+                None
+            } else if ip.is_loopback() {
+                Some(Reach::Host)
+            } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+                Some(Reach::Private)
+            } else {
+                Some(Reach::Internet)
+            }
+        }
+        IpAddr::V6(ip) => {
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_unicast_link_local() {
+                None
+            } else if ip.is_loopback() {
+                Some(Reach::Host)
+            } else if ip.is_unique_local() {
+                Some(Reach::Private)
+            } else {
+                Some(Reach::Internet)
+            }
+        }
+    }
+}
+
+/// Who wants the punch: this node (its operator dialled) or the peer (an introduction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    Us,
+    Peer,
+}
+
+/// The endpoints of a peer's record worth probing, when the record came through the
+/// rendezvous this node reaches at `rendezvous`. Endpoints are whatever the record's owner
+/// wrote, so they never lead this node's probes further in than that rendezvous sits: a
+/// record from a rendezvous on the internet never makes this node probe its own host, and
+/// when the peer asked, not its private network either. (Two nodes behind one NAT still meet
+/// on their LAN: the dialer probes the peer's private endpoints, and the peer answers probes
+/// from wherever they come.)
+pub fn probe_candidates(
+    endpoints: &[SocketAddr],
+    rendezvous: SocketAddr,
+    asker: Asker,
+) -> Vec<SocketAddr> {
+    // A TCP link's synthetic address says nothing of where the rendezvous is: assume afar.
+    let rendezvous_reach = match is_link(&rendezvous) {
+        true => Reach::Internet,
+        false => reach(rendezvous).unwrap_or(Reach::Internet),
+    };
+    let innermost = match asker {
+        Asker::Us => rendezvous_reach.min(Reach::Private),
+        Asker::Peer => rendezvous_reach,
+    };
+    let mut candidates: Vec<SocketAddr> = endpoints
+        .iter()
+        .map(|&e| canonical(e))
+        .filter(|&e| reach(e).is_some_and(|r| r >= innermost))
+        .collect();
+    candidates.dedup();
+    candidates.truncate(tern_proto::record::MAX_ENDPOINTS);
+    candidates
+}
+
 /// Watches the connection to `peer` until it closes (or the daemon goes): `relay` is the
 /// relay's UDP address, `server` the rendezvous that introduces us, `candidates` the peer's
 /// published endpoints.
@@ -148,7 +233,7 @@ pub async fn run(
                 monitor.on_check(answered, Instant::now())
             }
             Action::Punch => {
-                let answered = d.punch(peer, server, &candidates).await;
+                let answered = d.punch(peer, server, relay, &candidates).await;
                 monitor.on_punch(answered, Instant::now())
             }
             Action::WaitUntil(_) => None,
@@ -173,6 +258,51 @@ mod tests {
 
     fn endpoint() -> SocketAddr {
         "203.0.113.9:7440".parse().unwrap()
+    }
+
+    #[test]
+    fn records_never_lead_probes_further_in_than_their_rendezvous_sits() {
+        let endpoints: Vec<SocketAddr> = [
+            "127.0.0.1:7440",
+            "192.168.1.5:7440",
+            "100.70.0.1:7440",
+            "169.254.1.1:7440",
+            "0.0.0.0:7440",
+            "255.255.255.255:7440",
+            "224.0.0.1:7440",
+            "[fe80::1]:7440",
+            "[::ffff:198.51.100.7]:7440",
+            "203.0.113.9:0",
+            "203.0.113.9:7440",
+        ]
+        .iter()
+        .map(|e| e.parse().unwrap())
+        .collect();
+        let addrs = |list: &[&str]| -> Vec<SocketAddr> {
+            list.iter().map(|e| e.parse().unwrap()).collect()
+        };
+        let public = "198.51.100.1:7440".parse().unwrap();
+        assert_eq!(
+            probe_candidates(&endpoints, public, Asker::Peer),
+            addrs(&["198.51.100.7:7440", "203.0.113.9:7440"])
+        );
+        assert_eq!(
+            probe_candidates(&endpoints, public, Asker::Us),
+            addrs(&[
+                "192.168.1.5:7440",
+                "100.70.0.1:7440",
+                "198.51.100.7:7440",
+                "203.0.113.9:7440"
+            ])
+        );
+        let lan = "10.0.0.1:7440".parse().unwrap();
+        assert_eq!(
+            probe_candidates(&endpoints, lan, Asker::Peer),
+            probe_candidates(&endpoints, public, Asker::Us)
+        );
+        // Every node on one host (a test, a lab): loopback is fair.
+        let host = "127.0.0.1:7440".parse().unwrap();
+        assert_eq!(probe_candidates(&endpoints, host, Asker::Peer).len(), 5);
     }
 
     #[test]

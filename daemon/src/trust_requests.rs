@@ -323,7 +323,7 @@ impl Daemon {
                 match requests.update(|book| book.receive(&request, peer, me, unix_now())) {
                     Ok(Ok(new)) => {
                         if new {
-                            tracing::info!(%peer, reason = %request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
+                            tracing::info!(%peer, reason = ?request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
                         }
                         Answer::Accepted
                     }

@@ -19,6 +19,7 @@ use tern_proto::{Address, Name};
 
 use crate::node::{Access, DialError, ExchangeError, Node, OverlayStream};
 pub use crate::ratelimit::RateLimiter;
+use crate::traversal::{Asker, probe_candidates};
 pub use registry::{RegisterError, Registry};
 
 /// Rendezvous requests one peer may make: a burst, then this many a second.
@@ -105,15 +106,21 @@ pub enum RendezvousError {
     NameTaken { name: Name, holder: Address },
 }
 
+/// What the rendezvous role of a node works with.
+pub struct Service {
+    pub node: Node,
+    pub registry: Arc<Mutex<Registry>>,
+    pub limits: Arc<Limits>,
+    /// Notified when a name is newly claimed (worth saving at once).
+    pub claimed: Arc<tokio::sync::Notify>,
+    /// Whether a peer is one of this node's own rendezvous servers: only those may
+    /// introduce peers to it (each introduction makes it probe).
+    pub is_own_server: Box<dyn Fn(Address) -> bool + Send + Sync>,
+}
+
 /// Serves rendezvous requests on port 1 until the node shuts down.
-/// `claimed` is notified when a name is newly claimed (worth saving at once).
-pub async fn serve(
-    node: Node,
-    registry: Arc<Mutex<Registry>>,
-    limits: Arc<Limits>,
-    claimed: Arc<tokio::sync::Notify>,
-) {
-    let mut listener = match node.listen(RENDEZVOUS_PORT, Access::Open) {
+pub async fn serve(service: Arc<Service>) {
+    let mut listener = match service.node.listen(RENDEZVOUS_PORT, Access::Open) {
         Ok(listener) => listener,
         Err(e) => {
             tracing::error!(error = %e, "cannot serve as a rendezvous");
@@ -121,23 +128,23 @@ pub async fn serve(
         }
     };
     while let Some(stream) = listener.accept().await {
-        let (node, registry, limits) = (node.clone(), registry.clone(), limits.clone());
-        let claimed = claimed.clone();
+        let service = service.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &node, &registry, &limits, &claimed).await {
+            if let Err(e) = answer(stream, &service).await {
                 tracing::debug!(error = %e, "rendezvous request failed");
             }
         });
     }
 }
 
-async fn answer(
-    mut stream: OverlayStream,
-    node: &Node,
-    registry: &Mutex<Registry>,
-    limits: &Limits,
-    claimed: &tokio::sync::Notify,
-) -> Result<(), RendezvousError> {
+async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), RendezvousError> {
+    let Service {
+        node,
+        registry,
+        limits,
+        claimed,
+        ..
+    } = service;
     let peer = stream.peer;
     let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.recv.read_to_end(MAX_MESSAGE_LEN))
         .await
@@ -168,13 +175,22 @@ async fn answer(
                 .lookup(unix_now(), address)
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
-        Ok(Request::Introduce { target, record }) => introduce(node, peer, target, *record).await,
+        Ok(Request::Introduce { target, record }) => {
+            introduce(service, peer, target, *record).await
+        }
         Ok(Request::LookupName(name)) => {
             let registry = registry.lock().expect("registry lock");
             registry
                 .lookup_name(unix_now(), &name)
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
+        // Records leak (every introduction carries one): a record stored from anyone but its
+        // owner could release the owner's name or point its peers at stale endpoints.
+        Ok(Request::Register(record)) if record.address() != peer => Answer::Refused(format!(
+            "a record of {} sent by {peer}: a node registers only its own record, over its own \
+             connection",
+            record.address()
+        )),
         Ok(Request::Register(record)) => {
             let mut registry = registry.lock().expect("registry lock");
             let new_claim = registry.is_new_claim(&record);
@@ -225,15 +241,29 @@ async fn answer(
 
 /// Passes the asker's record on to `target`, or, when this node is the target, starts
 /// probing the record's endpoints so that both NATs open towards each other. A rendezvous
-/// forwards only the asker's own record; the target accepts any record (it is signed) from
-/// the rendezvous that forwarded it. Probing is bounded in count and time either way.
-async fn introduce(node: &Node, asker: Address, target: Address, record: Record) -> Answer {
+/// forwards only the asker's own record; the target accepts a record (it is signed) only
+/// from one of its own rendezvous servers, and probes only the endpoints
+/// [`probe_candidates`] allows. Probing is bounded in count, rate and time either way.
+async fn introduce(service: &Service, asker: Address, target: Address, record: Record) -> Answer {
+    let node = &service.node;
     let peer = record.address();
     if target == node.address() {
+        if !(service.is_own_server)(asker) {
+            return Answer::Refused(format!(
+                "{asker} is not a rendezvous of this node: only those introduce peers to it"
+            ));
+        }
+        if peer == node.address() || peer == asker {
+            return Answer::Refused("an introduction of this node or of its rendezvous".into());
+        }
+        let Some(server_at) = node.remote_of(asker) else {
+            return Answer::Refused("the rendezvous is not reached directly".into());
+        };
         node.learn(&record.identity);
-        let (node, endpoints) = (node.clone(), record.endpoints.clone());
+        let candidates = probe_candidates(&record.endpoints, server_at, Asker::Peer);
+        let node = node.clone();
         tokio::spawn(async move {
-            let answered = node.probe(peer, &endpoints, PUNCH_WINDOW).await;
+            let answered = node.probe(peer, &candidates, PUNCH_WINDOW).await;
             tracing::debug!(%peer, ?answered, "punched towards an introduced peer");
         });
         return Answer::Introduced;

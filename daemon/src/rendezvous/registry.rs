@@ -11,11 +11,22 @@ use tern_proto::{Address, Name};
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// How long a lapsed holder keeps its name: 7 days.
 pub const DEFAULT_NAME_GRACE: u64 = 7 * 24 * 3600;
+/// How far ahead of a rendezvous's clock a record may expire: the record lifetime plus the
+/// clock skew tolerated between a node and its rendezvous. A longer-lived record would hold
+/// its name and its place in the registry for as long as its owner chose.
+pub const MAX_EXPIRY_AHEAD: u64 = super::RECORD_LIFETIME.as_secs() + CLOCK_SKEW;
+/// Clock difference tolerated between a node and its rendezvous (as for trust requests).
+pub const CLOCK_SKEW: u64 = 600;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
     #[error("record has expired")]
     Expired,
+    #[error(
+        "record expires {ahead} s from now; records may live at most {MAX_EXPIRY_AHEAD} s: \
+         check the node's clock"
+    )]
+    TooLong { ahead: u64 },
     #[error("record seq {offered} is not newer than the stored {stored} (replayed or stale)")]
     Stale { offered: u64, stored: u64 },
     #[error("the rendezvous holds its maximum of {0} records; try another")]
@@ -57,6 +68,15 @@ impl Registry {
         self.insert(now_unix, record)
     }
 
+    /// Refuses a record that claims to live longer than any record may.
+    fn check_lifetime(now_unix: u64, record: &Record) -> Result<(), RegisterError> {
+        let ahead = record.expires.saturating_sub(now_unix);
+        match ahead > MAX_EXPIRY_AHEAD {
+            true => Err(RegisterError::TooLong { ahead }),
+            false => Ok(()),
+        }
+    }
+
     /// True if storing `record` would bind a name to its key that the key does not hold yet.
     pub fn is_new_claim(&self, record: &Record) -> bool {
         record
@@ -66,6 +86,7 @@ impl Registry {
     }
 
     fn insert(&mut self, now_unix: u64, record: Record) -> Result<(), RegisterError> {
+        Self::check_lifetime(now_unix, &record)?;
         let address = record.address();
         if let Some(name) = &record.name
             && let Some(&holder) = self.names.get(name)
@@ -282,6 +303,23 @@ mod tests {
         // Once the first has expired, its place is taken.
         r.register(60, record(1, 1, 100)).unwrap();
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn records_living_longer_than_the_lifetime_are_refused_and_not_reloaded() {
+        let mut r = Registry::default();
+        let far = 10 + MAX_EXPIRY_AHEAD + 1;
+        assert_eq!(
+            r.register(10, named(0, Some("alpha"), 1, far)),
+            Err(RegisterError::TooLong { ahead: far - 10 })
+        );
+        r.register(10, record(1, 1, 10 + MAX_EXPIRY_AHEAD)).unwrap();
+        assert_eq!(r.len(), 1);
+        // A file written by an older rendezvous (or edited) with a far expiry: not restored.
+        let mut old = Registry::default();
+        old.records
+            .insert(ids()[0].address(), named(0, Some("alpha"), 1, far));
+        assert_eq!(Registry::default().load_file(10, &old.to_file(10)), (0, 1));
     }
 
     #[test]

@@ -37,11 +37,12 @@ pub async fn find(client: &Client, target: &str) -> Result<Report, Failure> {
     let data = client.find(target).await.map_err(failure)?;
     let endpoints = list(&data["endpoints"], ", ");
     let text = format!(
-        "address     {}\npublic_key  {}\nname        {}\nendpoints   {endpoints}\nvia         {}",
+        "address     {}\npublic_key  {}\nname        {}\nendpoints   {endpoints}\nvia         {}\nresolved    {}",
         text_of(&data["address"]),
         text_of(&data["public_key"]),
         text_of(&data["name"]),
         text_of(&data["via"]),
+        text_of(&data["resolved"]),
     );
     Ok(Report { data, text })
 }

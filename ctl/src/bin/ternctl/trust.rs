@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 
-use crate::output::{Failure, Report};
+use crate::output::{Failure, Lines, Report, escape_controls};
 use crate::{check_target, failure};
 use tern_ctl::Client;
 
@@ -79,7 +79,7 @@ pub async fn run(client: &Client, command: TrustCommand) -> Result<Report, Failu
                     format!(
                         "{}  {}",
                         r["address"].as_str().unwrap_or("?"),
-                        r["reason"].as_str().unwrap_or("")
+                        escape_controls(r["reason"].as_str().unwrap_or(""), Lines::Escape)
                     )
                 })
                 .collect();

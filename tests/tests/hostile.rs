@@ -1,0 +1,329 @@
+//! Hostile peers against real daemons on loopback: strangers who register names where they
+//! should not, replay records, ask for packet floods, forge pongs and flood handshakes. Each
+//! test is an attack that worked before tern refused it (SPEC §11).
+//!
+//! The attacker is a `tern_daemon::Node` run in the test process (or a raw UDP socket):
+//! a peer that speaks the protocol but does what ternd never would.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use tern_daemon::Node;
+use tern_daemon::home::Home;
+use tern_daemon::rendezvous::{self, RendezvousError};
+use tern_proto::record::Record;
+use tern_proto::rendezvous::{Answer, Request};
+use tern_proto::{Name, SecretIdentity};
+use tern_tests::Daemon;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn unix_now() -> u64 {
+    rendezvous::unix_now()
+}
+
+/// An attacker's node on loopback with a fresh identity (returned too: it signs records).
+fn attacker() -> (Node, SecretIdentity) {
+    let identity = SecretIdentity::generate().expect("random identity");
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let node = Node::start(identity.clone(), socket, Default::default()).expect("attacker node");
+    (node, identity)
+}
+
+fn name(text: &str) -> Name {
+    text.parse().expect("a valid name")
+}
+
+/// The identity of a running daemon, read from its home (standing in for a record of it
+/// that leaked: every introduction carries one).
+fn identity_of(daemon: &Daemon) -> SecretIdentity {
+    Home::at(daemon.home.path())
+        .load_identity()
+        .expect("the daemon's identity")
+}
+
+#[test]
+fn a_name_registered_at_a_node_that_is_not_its_rendezvous_never_answers_its_lookups() {
+    let rendezvous = Daemon::start(&[]);
+    let bob = Daemon::start(&["--rendezvous", &rendezvous.listen, "--hostname", "bob"]);
+    bob.wait_registered();
+    // V uses `rendezvous`; like every ternd it is itself a rendezvous anyone can register at.
+    let victim = Daemon::start(&["--rendezvous", &rendezvous.listen]);
+    victim.wait_registered();
+    let stranger = Daemon::start(&["--rendezvous", &victim.listen, "--hostname", "bob"]);
+    stranger.wait_registered();
+    assert_eq!(
+        victim.ternctl_json(&["status"]).1["data"]["names_held"],
+        1,
+        "the stranger holds bob in V's registry"
+    );
+
+    let (ok, found) = victim.ternctl_json(&["find", "bob"]);
+    assert!(ok, "{found}");
+    assert_eq!(found["data"]["address"], bob.address.as_str());
+    assert_eq!(found["data"]["via"], "rendezvous");
+    let (_, names) = victim.ternctl_json(&["name", "show"]);
+    assert_eq!(
+        names["data"]["pinned"]["bob"]["address"],
+        bob.address.as_str()
+    );
+    let (ok, pong) = victim.ternctl_json(&["ping", "bob"]);
+    assert!(ok, "{pong}");
+    // V's registry still answers the peers that use V as their rendezvous.
+    let user = Daemon::start(&["--rendezvous", &victim.listen]);
+    let (ok, found) = user.ternctl_json(&["find", "bob"]);
+    assert!(ok, "{found}");
+    assert_eq!(found["data"]["address"], stranger.address.as_str());
+}
+
+#[test]
+fn a_pinned_name_resolves_through_its_key_first() {
+    let first = Daemon::start(&[]);
+    let alpha = Daemon::start(&["--rendezvous", &first.listen, "--hostname", "alpha"]);
+    alpha.wait_registered();
+    let b = Daemon::start(&["--rendezvous", &first.listen]);
+    assert!(b.ternctl_json(&["find", "alpha"]).0);
+    // Alpha drops its name; a stranger claims it at the same rendezvous once it is free.
+    assert!(alpha.ternctl(&["name", "clear"]).status.success());
+    let stranger = Daemon::start(&["--rendezvous", &first.listen, "--hostname", "alpha"]);
+    stranger.wait_registered();
+    let (ok, found) = b.ternctl_json(&["find", "alpha"]);
+    assert!(ok, "{found}");
+    assert_eq!(found["data"]["address"], alpha.address.as_str());
+    assert_eq!(found["data"]["resolved"], "pinned");
+}
+
+#[test]
+fn a_rendezvous_stores_a_record_only_from_its_owner() {
+    let rendezvous = Daemon::start(&[]);
+    let alice = Daemon::start(&["--rendezvous", &rendezvous.listen, "--hostname", "alice"]);
+    alice.wait_registered();
+    let at: SocketAddr = rendezvous.listen.parse().unwrap();
+    let leaked = identity_of(&alice);
+    runtime().block_on(async {
+        let (attacker, me) = attacker();
+        let server = attacker.connect_any(at).await.expect("reach the rendezvous");
+        // Alice's newer record without her name: stored, it would release "alice".
+        let nameless = Record::sign(&leaked, &[], None, u64::MAX / 2, unix_now() + 300).unwrap();
+        let refused = rendezvous::register(&attacker, server, nameless).await;
+        assert!(
+            matches!(&refused, Err(RendezvousError::Refused(why)) if why.contains("its own record")),
+            "{refused:?}"
+        );
+        let claim = Record::sign(
+            &me,
+            &[],
+            Some(&name("alice")),
+            1,
+            unix_now() + 300,
+        )
+        .unwrap();
+        let taken = rendezvous::register(&attacker, server, claim).await;
+        assert!(
+            matches!(taken, Err(RendezvousError::NameTaken { .. })),
+            "{taken:?}"
+        );
+    });
+    let b = Daemon::start(&["--rendezvous", &rendezvous.listen]);
+    let (ok, found) = b.ternctl_json(&["find", "alice"]);
+    assert!(ok, "{found}");
+    assert_eq!(found["data"]["address"], alice.address.as_str());
+    assert!(
+        found["data"]["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+}
+
+#[test]
+fn a_record_that_lives_for_years_is_refused() {
+    let rendezvous = Daemon::start(&[]);
+    let at: SocketAddr = rendezvous.listen.parse().unwrap();
+    runtime().block_on(async {
+        let (attacker, me) = attacker();
+        let server = attacker
+            .connect_any(at)
+            .await
+            .expect("reach the rendezvous");
+        let years = unix_now() + 10 * 365 * 24 * 3600;
+        let record = Record::sign(&me, &[], Some(&name("forever")), 1, years).unwrap();
+        let refused = rendezvous::register(&attacker, server, record).await;
+        assert!(
+            matches!(&refused, Err(RendezvousError::Refused(why)) if why.contains("at most")),
+            "{refused:?}"
+        );
+    });
+    let (_, status) = rendezvous.ternctl_json(&["status"]);
+    assert_eq!(status["data"]["names_held"], 0, "{status}");
+    let b = Daemon::start(&["--rendezvous", &rendezvous.listen]);
+    let (ok, _) = b.ternctl_json(&["find", "forever"]);
+    assert!(!ok);
+}
+
+#[test]
+fn an_introduction_from_a_peer_that_is_not_a_rendezvous_of_the_node_probes_nothing() {
+    let rendezvous = Daemon::start(&[]);
+    let victim = Daemon::start(&["--rendezvous", &rendezvous.listen]);
+    victim.wait_registered();
+    let target = UdpSocket::bind("127.0.0.1:0").expect("bind the would-be flood target");
+    target
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let target_at = target.local_addr().unwrap();
+    let at: SocketAddr = victim.listen.parse().unwrap();
+    let victim_address = victim.address.parse().unwrap();
+    runtime().block_on(async {
+        let (attacker, me) = attacker();
+        attacker.connect_any(at).await.expect("reach the victim");
+        let record =
+            Record::sign(&me, &[target_at; 8], None, unix_now(), unix_now() + 300).unwrap();
+        let request = Request::Introduce {
+            target: victim_address,
+            record: Box::new(record),
+        };
+        let answer = rendezvous::ask(&attacker, victim_address, &request)
+            .await
+            .expect("an answer");
+        assert!(
+            matches!(&answer, Answer::Refused(why) if why.contains("not a rendezvous")),
+            "{answer:?}"
+        );
+    });
+    let deadline = Instant::now() + Duration::from_millis(2500);
+    let mut received = 0;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        if target.recv_from(&mut buf).is_ok() {
+            received += 1;
+        }
+    }
+    assert_eq!(
+        received, 0,
+        "the victim probed the attacker's chosen endpoint"
+    );
+}
+
+#[test]
+fn a_pong_from_another_peer_or_path_never_answers_a_path_check() {
+    use tern_proto::control::{ControlKeys, ControlMessage, Counter, ReplayWindow};
+    runtime().block_on(async {
+        let (victim, _) = attacker();
+        let (peer, _) = attacker();
+        peer.learn(victim.identity());
+        // A path that does not answer: the check must fail.
+        let dead = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_at = dead.local_addr().unwrap();
+        victim.learn(peer.identity());
+
+        // The forger is a known peer of the victim, with its own session keys.
+        let forger_id = SecretIdentity::generate().unwrap();
+        let forger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let forger_at = forger.local_addr().unwrap();
+        victim.learn(forger_id.public());
+        let keys = ControlKeys::new(&forger_id, victim.identity());
+
+        // It learns one ping id from a ping the victim sends it.
+        let v = victim.clone();
+        let forger_address = forger_id.address();
+        tokio::spawn(async move {
+            v.check_path(forger_address, forger_at, Duration::from_secs(1))
+                .await
+        });
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), forger.recv_from(&mut buf))
+            .await
+            .expect("the victim pings the forger")
+            .unwrap();
+        let Ok(ControlMessage::Ping { txid }) = keys.open(&buf[..n], &mut ReplayWindow::default())
+        else {
+            panic!("not a ping");
+        };
+
+        // While the victim checks its path to `peer`, the forger answers every nearby id.
+        let v = victim.clone();
+        let peer_address = peer.address();
+        let check = tokio::spawn(async move {
+            v.check_path(peer_address, dead_at, Duration::from_secs(1))
+                .await
+        });
+        let mut counter = Counter::starting_at_unix_micros(unix_now() * 1_000_000);
+        let victim_at = victim.local_addr();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(900) {
+            for offset in 0..72u64 {
+                let guess = txid.wrapping_sub(8).wrapping_add(offset);
+                let pong = keys.seal(
+                    counter.advance(),
+                    &ControlMessage::Pong {
+                        txid: guess,
+                        observed: dead_at,
+                    },
+                );
+                let _ = forger.send_to(&pong, victim_at).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            !check.await.unwrap(),
+            "a forged pong kept a dead path alive"
+        );
+        // The real peer on its real path still answers.
+        assert!(
+            victim
+                .check_path(peer_address, peer.local_addr(), Duration::from_secs(1))
+                .await
+        );
+    });
+}
+
+#[test]
+fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
+    let victim = Daemon::start(&[]);
+    let at: SocketAddr = victim.listen.parse().unwrap();
+    runtime().block_on(async {
+        // Initials that will never be finished, each from its own source address (loopback
+        // has 2^24 of them: as good as spoofed).
+        let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let capture_at = capture.local_addr().unwrap();
+        let me = SecretIdentity::generate().unwrap();
+        let tls = tern_daemon::transport::handshake::tls_configs(
+            &me,
+            std::sync::Arc::new(tern_daemon::TransportConfig::default().quic()),
+        );
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut sources = Vec::new();
+        for i in 0..400u32 {
+            let ip = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 2) as u8);
+            sources.push(std::net::UdpSocket::bind((ip, 0)).unwrap());
+        }
+        let flood = async {
+            let mut buf = [0u8; 1500];
+            loop {
+                for source in &sources {
+                    let _connecting = client
+                        .connect_with(tls.client.clone(), capture_at, "tern")
+                        .unwrap();
+                    let (n, _) = capture.recv_from(&mut buf).await.unwrap();
+                    let _ = source.send_to(&buf[..n], at);
+                }
+            }
+        };
+        let genuine = async {
+            // Let the first wave land, then dial while it goes on.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (node, _) = attacker();
+            node.connect_any(at).await
+        };
+        let dialled = tokio::select! {
+            _ = flood => unreachable!("the flood never ends"),
+            dialled = genuine => dialled,
+        };
+        assert!(dialled.is_ok(), "{dialled:?}");
+    });
+}
