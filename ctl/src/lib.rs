@@ -193,8 +193,34 @@ impl Client {
         self.call(Request::Status).await
     }
 
+    /// `{"peers": [...]}`, every page of them.
     pub async fn peers(&self) -> Result<Value, ClientError> {
-        self.call(Request::Peers).await
+        self.all_pages("peers", |after| Request::Peers { after })
+            .await
+    }
+
+    /// A listing the daemon sends in pages (`next` names where the next one starts): all of
+    /// `list`'s entries, over one connection.
+    async fn all_pages(
+        &self,
+        list: &str,
+        request: impl Fn(Option<String>) -> Request,
+    ) -> Result<Value, ClientError> {
+        let mut connection = self.open().await?;
+        let mut whole = Self::exchange(&mut connection, &request(None)).await?;
+        let mut entries = whole[list].take();
+        while let Some(next) = whole["next"].as_str().map(str::to_owned) {
+            let mut page = Self::exchange(&mut connection, &request(Some(next.clone()))).await?;
+            if page["next"].as_str() == Some(next.as_str()) {
+                return Err(ClientError::NoAnswer);
+            }
+            if let (Some(all), Some(more)) = (entries.as_array_mut(), page[list].as_array_mut()) {
+                all.append(more);
+            }
+            whole = page;
+        }
+        whole[list] = entries;
+        Ok(whole)
     }
 
     pub async fn ping(&self, target: &str) -> Result<Value, ClientError> {
@@ -233,7 +259,8 @@ impl Client {
 
     /// `{"pending": [...], "outgoing": [...]}`: requests to answer, and ours unanswered.
     pub async fn trust_requests(&self) -> Result<Value, ClientError> {
-        self.call(Request::TrustRequests).await
+        self.all_pages("pending", |after| Request::TrustRequests { after })
+            .await
     }
 
     /// Answers the pending request from `address`: approve trusts it (and it trusts us).

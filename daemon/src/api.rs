@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tern_proto::api::{self, DatagramFrame, Request, Response};
+use tern_proto::api::{self, DatagramFrame, PAGE_BUDGET, Request, Response, page};
 use tern_proto::{Address, Name};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -180,8 +180,10 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
             Request::Status => {
                 write_frame(&mut client, &Response::success(daemon.status())).await?
             }
-            Request::Peers => {
-                let peers = json!({ "peers": daemon.node().peers() });
+            Request::Peers { after } => {
+                let peers = daemon.node().peers().into_iter().map(|p| json!(p));
+                let (peers, next) = page(peers, after.as_deref(), PAGE_BUDGET);
+                let peers = json!({ "peers": peers, "next": next });
                 write_frame(&mut client, &Response::success(peers)).await?
             }
             Request::Ping { target } => {
@@ -214,8 +216,9 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 );
                 write_frame(&mut client, &response).await?
             }
-            Request::TrustRequests => {
-                write_frame(&mut client, &Response::success(daemon.trust_requests())).await?
+            Request::TrustRequests { after } => {
+                let requests = daemon.trust_requests(after.as_deref());
+                write_frame(&mut client, &Response::success(requests)).await?
             }
             Request::TrustApprove { ref address } | Request::TrustReject { ref address } => {
                 let approve = matches!(request, Request::TrustApprove { .. });

@@ -1197,15 +1197,19 @@ enum HandshakeSource {
     Relayed(Address),
 }
 
-/// Inbound handshakes in flight from one source; more are refused.
-const HANDSHAKES_PER_SOURCE: usize = 16;
+/// Inbound handshakes in flight from one source: past the first, an unvalidated source must
+/// answer a Retry; past the second, even a validated one is refused. (Many honest nodes can
+/// share one address behind a NAT; a spoofer can share none.)
+const UNVALIDATED_PER_SOURCE: usize = 8;
+const HANDSHAKES_PER_SOURCE: usize = 64;
 /// An unvalidated source (its address not proven by a Retry round trip) gets this long.
 const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Accepts inbound QUIC connections. Handshake slots are the scarce resource: once an eighth
-/// of them are taken, a source must first prove its address with a QUIC Retry round trip
-/// (spoofed sources cannot), no source holds more than a few, and an unvalidated one holds
-/// its slot for seconds, not the whole dial timeout.
+/// of them are taken, or a source has several in flight, a source must first prove its
+/// address with a QUIC Retry round trip (spoofed sources cannot); no source holds more than
+/// a quarter of the slots; an unvalidated one holds its slot for seconds, not the whole
+/// dial timeout.
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {
     let in_flight: Arc<Mutex<HashMap<HandshakeSource, usize>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
@@ -1216,34 +1220,41 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
             incoming.refuse();
             continue;
         }
+        let route = node.socket.paths().route_for(&remote);
+        let source = match route {
+            Some(Route::Relay { peer, .. }) => HandshakeSource::Relayed(peer),
+            Some(Route::Direct(real)) => HandshakeSource::Ip(canonical(real).ip()),
+            None => HandshakeSource::Ip(remote.ip()),
+        };
         let validated = incoming.remote_address_validated();
+        let from_source = in_flight
+            .lock()
+            .expect("handshake count lock")
+            .get(&source)
+            .copied()
+            .unwrap_or(0);
         let busy = handshakes.available_permits() < node.config.max_handshakes * 7 / 8;
-        if busy && !validated {
+        if !validated && (busy || from_source >= UNVALIDATED_PER_SOURCE) {
             if let Err(e) = incoming.retry() {
                 tracing::debug!(%remote, error = %e, "retry not possible");
             }
             continue;
         }
-        let source = match node.socket.paths().route_for(&remote) {
-            Some(Route::Relay { peer, .. }) => HandshakeSource::Relayed(peer),
-            Some(Route::Direct(real)) => HandshakeSource::Ip(canonical(real).ip()),
-            None => HandshakeSource::Ip(remote.ip()),
-        };
+        if from_source >= HANDSHAKES_PER_SOURCE {
+            tracing::debug!(%remote, ?source, "too many handshakes from one source; refused");
+            incoming.refuse();
+            continue;
+        }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             tracing::debug!(%remote, "too many handshakes in flight; refused");
             incoming.refuse();
             continue;
         };
-        {
-            let mut counts = in_flight.lock().expect("handshake count lock");
-            let count = counts.entry(source).or_default();
-            if *count >= HANDSHAKES_PER_SOURCE {
-                tracing::debug!(%remote, ?source, "too many handshakes from one source; refused");
-                incoming.refuse();
-                continue;
-            }
-            *count += 1;
-        }
+        *in_flight
+            .lock()
+            .expect("handshake count lock")
+            .entry(source)
+            .or_default() += 1;
         let timeout = match validated {
             true => node.config.dial_timeout,
             false => UNVALIDATED_HANDSHAKE_TIMEOUT.min(node.config.dial_timeout),

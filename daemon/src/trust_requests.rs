@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tern_proto::Address;
+use tern_proto::api::{PAGE_BUDGET, page};
 use tern_proto::trust_request::{
     self, Answer, MAX_MESSAGE_LEN, Message, SignedRequest, TRUST_REQUEST_PORT,
 };
@@ -19,8 +20,10 @@ use crate::node::{ExchangeError, Listener, Node};
 use crate::rendezvous::unix_now;
 
 pub const REQUESTS_FILE: &str = "trust-requests.json";
-/// Incoming requests kept at once; more are refused until the operator answers some.
+/// Incoming requests kept at once; past this, a new one evicts the oldest.
 pub const MAX_PENDING: usize = 256;
+/// How long an unanswered incoming request is kept: 3 days.
+pub const PENDING_LIFETIME_SECS: u64 = 3 * 24 * 3600;
 /// How far a request's time may be from ours (clock skew; older ones are replays).
 pub const MAX_SKEW_SECS: u64 = 600;
 /// Requests one peer may send: a few, then one every ten seconds.
@@ -56,8 +59,6 @@ pub enum RequestRefusal {
     WrongAddressee(Address),
     #[error("the request's time is more than {MAX_SKEW_SECS} s from this node's clock")]
     Stale,
-    #[error("this node holds {MAX_PENDING} pending trust requests; try again later")]
-    Full,
 }
 
 impl RequestBook {
@@ -83,8 +84,20 @@ impl RequestBook {
         let repeat = self
             .pending(peer)
             .is_some_and(|old| old.reason == request.reason);
+        self.pending
+            .retain(|_, p| now_unix < p.received.saturating_add(PENDING_LIFETIME_SECS));
         if !self.pending.contains_key(&peer) && self.pending.len() >= MAX_PENDING {
-            return Err(RequestRefusal::Full);
+            // Many identities cost nothing: they may push out old requests, never lock the
+            // inbox.
+            let oldest = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.received)
+                .map(|(&address, _)| address);
+            if let Some(oldest) = oldest {
+                tracing::info!(peer = %oldest, "trust inbox full: the oldest request is dropped");
+                self.pending.remove(&oldest);
+            }
         }
         self.pending.insert(
             peer,
@@ -111,10 +124,12 @@ impl RequestBook {
         request
     }
 
-    /// The pending requests as the local API shows them (damaged entries left out).
-    pub fn pending_list(&self) -> Vec<Value> {
+    /// The pending requests as the local API shows them, in address order (damaged and
+    /// expired entries left out).
+    pub fn pending_list(&self, now_unix: u64) -> Vec<Value> {
         self.pending
             .iter()
+            .filter(|(_, p)| now_unix < p.received.saturating_add(PENDING_LIFETIME_SECS))
             .filter_map(|(&peer, pending)| {
                 let request = self.pending(peer)?;
                 Some(json!({
@@ -222,9 +237,14 @@ impl Daemon {
         Ok(peer)
     }
 
-    pub fn trust_requests(&self) -> Value {
+    /// The pending requests after `after` that fit in one local API frame (`next` says where
+    /// the next page starts), and our outgoing ones.
+    pub fn trust_requests(&self, after: Option<&str>) -> Value {
         let requests = self.requests.lock().expect("requests lock");
-        json!({ "pending": requests.get().pending_list(), "outgoing": requests.get().outgoing_list() })
+        let outgoing = requests.get().outgoing_list();
+        let room = PAGE_BUDGET.saturating_sub(json!(outgoing).to_string().len());
+        let (pending, next) = page(requests.get().pending_list(unix_now()), after, room);
+        json!({ "pending": pending, "next": next, "outgoing": outgoing })
     }
 
     /// Answers `peer`'s pending request: approval trusts it here; either way the peer is
@@ -439,24 +459,42 @@ mod tests {
             book.receive(&request("hi", 1000), peer, other, 1000),
             Err(RequestRefusal::WrongAddressee(_))
         ));
-        assert_eq!(book.pending_list().len(), 1);
+        assert_eq!(book.pending_list(1002).len(), 1);
         assert_eq!(book.take_pending(peer).unwrap().reason, "again");
         assert!(book.pending(peer).is_none());
-        for n in 0..MAX_PENDING {
+    }
+
+    #[test]
+    fn a_full_inbox_drops_its_oldest_request_and_old_requests_expire() {
+        let asker = SecretIdentity::from_seed([53; 32]);
+        let me = SecretIdentity::from_seed([54; 32]).address();
+        let now = 10 * PENDING_LIFETIME_SECS;
+        let filler = |n: usize| {
             let mut bytes = [0u8; 6];
             bytes[..2].copy_from_slice(&(n as u16).to_be_bytes());
-            book.pending.insert(
-                Address::from_bytes(bytes),
-                Pending {
-                    request: String::new(),
-                    received: 0,
-                },
-            );
+            Address::from_bytes(bytes)
+        };
+        let mut book = RequestBook::default();
+        for n in 0..MAX_PENDING {
+            let pending = Pending {
+                request: String::new(),
+                received: now - 100 + n as u64 % 50,
+            };
+            book.pending.insert(filler(n), pending);
         }
-        assert_eq!(
-            book.receive(&request("hi", 1000), peer, me, 1000),
-            Err(RequestRefusal::Full)
-        );
+        let request = SignedRequest::sign(&asker, me, now, "let me in").unwrap();
+        assert_eq!(book.receive(&request, asker.address(), me, now), Ok(true));
+        assert_eq!(book.pending.len(), MAX_PENDING);
+        assert!(!book.pending.contains_key(&filler(0)), "the oldest went");
+        assert_eq!(book.pending_list(now).len(), 1, "the fillers are damaged");
+        // Unanswered for longer than the lifetime: gone from the list, and from the book on
+        // the next request.
+        assert!(book.pending_list(now + PENDING_LIFETIME_SECS).is_empty());
+        let later = now + PENDING_LIFETIME_SECS + 1;
+        let other = SecretIdentity::from_seed([55; 32]);
+        let request = SignedRequest::sign(&other, me, later, "me too").unwrap();
+        assert_eq!(book.receive(&request, other.address(), me, later), Ok(true));
+        assert_eq!(book.pending.len(), 1);
     }
 
     #[test]

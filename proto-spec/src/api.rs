@@ -16,8 +16,12 @@ pub const MAX_FRAME: usize = 64 * 1024;
 pub enum Request {
     /// Node address, listen address, rendezvous registration.
     Status,
-    /// Connected peers and their paths.
-    Peers,
+    /// Connected peers and their paths, in address order. A list too long for one frame
+    /// comes in pages: ask again with `after` set to the answer's `next` until it is null.
+    Peers {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
     /// Open a stream to `port` on `target` (an address or a name, as everywhere a `target`
     /// appears); the connection becomes the stream.
     Dial {
@@ -68,8 +72,12 @@ pub enum Request {
         #[serde(default)]
         reason: String,
     },
-    /// Trust requests to this node waiting for an answer, and ours not answered yet.
-    TrustRequests,
+    /// Trust requests to this node waiting for an answer (paged like `peers`), and ours not
+    /// answered yet.
+    TrustRequests {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
     TrustApprove {
         address: String,
     },
@@ -149,6 +157,34 @@ pub struct DatagramFrame {
     pub data: String,
 }
 
+/// Room for a list's entries in one answer frame; the rest is for the envelope.
+pub const PAGE_BUDGET: usize = MAX_FRAME - 4096;
+
+/// The entries (each an object with an `"address"`, in address order) that come after
+/// `after` and fit in `budget` bytes of JSON, and the `next` to ask after if any are left.
+pub fn page(
+    entries: impl IntoIterator<Item = serde_json::Value>,
+    after: Option<&str>,
+    budget: usize,
+) -> (Vec<serde_json::Value>, Option<String>) {
+    let key = |entry: &serde_json::Value| entry["address"].as_str().unwrap_or_default().to_owned();
+    let mut page = Vec::new();
+    let mut used = 0;
+    for entry in entries
+        .into_iter()
+        .filter(|e| after.is_none_or(|after| key(e).as_str() > after))
+    {
+        let size = serde_json::to_vec(&entry).map_or(0, |bytes| bytes.len()) + 1;
+        if used + size > budget && !page.is_empty() {
+            let next = page.last().map(key);
+            return (page, next);
+        }
+        used += size;
+        page.push(entry);
+    }
+    (page, None)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
@@ -203,5 +239,30 @@ mod tests {
         assert_eq!(decode::<Request>(&frame[4..]).unwrap(), dial);
         assert!(body_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
         assert!(decode::<Request>(br#"{"op":"format_disk"}"#).is_err());
+        assert_eq!(
+            decode::<Request>(br#"{"op":"peers"}"#).unwrap(),
+            Request::Peers { after: None }
+        );
+    }
+
+    #[test]
+    fn pages_cover_every_entry_once_in_order() {
+        let entries: Vec<serde_json::Value> = (0..100)
+            .map(|i| serde_json::json!({"address": format!("0000:0000:{i:04x}"), "pad": "x".repeat(50)}))
+            .collect();
+        let (mut seen, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let (page, next) = page(entries.clone(), after.as_deref(), 1000);
+            assert!(!page.is_empty() && serde_json::to_vec(&page).unwrap().len() <= 1000 + 2);
+            seen.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, entries);
+        // One entry larger than the budget still comes, alone.
+        let (page, next) = page(entries[..2].to_vec(), None, 10);
+        assert_eq!((page.len(), next.as_deref()), (1, Some("0000:0000:0000")));
     }
 }

@@ -327,3 +327,58 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
         assert!(dialled.is_ok(), "{dialled:?}");
     });
 }
+
+#[test]
+fn a_flood_of_long_trust_requests_is_listed_whole_and_printed_harmlessly() {
+    use tern_daemon::trust_requests;
+    use tern_proto::trust_request::{MAX_REASON_LEN, Message, SignedRequest};
+    // More than one local API frame of pending requests (each reason at its maximum).
+    const SENDERS: usize = 110;
+    let victim = Daemon::start(&[]);
+    let at: SocketAddr = victim.listen.parse().unwrap();
+    let victim_address = victim.address.parse().unwrap();
+    runtime().block_on(async {
+        let small = tern_daemon::TransportConfig {
+            socket_buffer_bytes: 64 << 10,
+            ..Default::default()
+        };
+        let identities: Vec<_> = (0..SENDERS)
+            .map(|_| tokio::task::spawn_blocking(SecretIdentity::generate))
+            .collect();
+        let mut sends = tokio::task::JoinSet::new();
+        for (n, identity) in identities.into_iter().enumerate() {
+            let identity = identity.await.unwrap().unwrap();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let node = Node::start(identity.clone(), socket, small.clone()).unwrap();
+            let mut reason = format!("agent {n} \u{1b}[2J\u{1b}[31mAPPROVED ");
+            reason.extend(std::iter::repeat_n('x', MAX_REASON_LEN - reason.len()));
+            sends.spawn(async move {
+                node.connect(victim_address, at)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let request = SignedRequest::sign(&identity, victim_address, unix_now(), &reason)
+                    .expect("a reason of the maximum length");
+                trust_requests::send(&node, victim_address, &Message::Request(Box::new(request)))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                node.close().await;
+                Ok::<_, String>(())
+            });
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent.unwrap().expect("a trust request delivered");
+        }
+    });
+    let (ok, listed) = victim.ternctl_json(&["trust", "pending"]);
+    assert!(ok, "{listed}");
+    let pending = listed["data"]["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), SENDERS);
+    let text = victim.ternctl(&["trust", "pending"]);
+    assert!(text.status.success());
+    let printed = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        !printed.contains('\u{1b}'),
+        "an escape sequence reached the terminal"
+    );
+    assert_eq!(printed.matches("\\u{1b}[2J").count(), SENDERS);
+}
