@@ -13,6 +13,7 @@ use tern_proto::{Address, Name};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::backoff::accept_patiently;
 use crate::daemon::{Daemon, DaemonError};
 use crate::node::{DialError, OverlayStream};
 use crate::streams::{Outcome, StreamHandle, wait_outcome};
@@ -81,9 +82,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = accept_patiently("local API", || listener.accept()).await;
         let allowed = stream
             .peer_cred()
             .is_ok_and(|cred| cred.uid() == own_uid || cred.uid() == 0);

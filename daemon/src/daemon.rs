@@ -15,6 +15,7 @@ use tern_proto::{Address, Name, TargetError};
 use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
+use crate::backoff::Backoff;
 use crate::home::{Home, HomeError};
 use crate::names::{NAMES_FILE, NameBook, PinMismatch};
 use crate::node::{
@@ -454,17 +455,27 @@ impl Daemon {
             .next()
             .ok_or_else(|| format!("{spec} resolves to no address"))?;
         let over_udp = match tokio::time::timeout(UDP_FIRST, self.node.connect_any(at)).await {
-            Ok(Ok(server)) => return Ok(server),
+            Ok(Ok(server)) => return Ok(self.reached_server(spec, server)),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer over UDP within {UDP_FIRST:?}"),
         };
         match self.node.connect_any_over_tcp(at).await {
             Ok(server) => {
                 tracing::info!(server = %spec, "UDP gets no answer; reached the rendezvous over TCP");
-                Ok(server)
+                Ok(self.reached_server(spec, server))
             }
             Err(e) => Err(format!("{over_udp}; over TCP: {e}")),
         }
+    }
+
+    /// Notes which node answered at a configured rendezvous, as soon as it answered: from
+    /// then on it may introduce peers to this node.
+    fn reached_server(&self, spec: &str, server: Address) -> Address {
+        let mut servers = self.servers.lock().expect("server state lock");
+        if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
+            state.address = Some(server);
+        }
+        server
     }
 
     /// A verified connection to `target`, found through the rendezvous if need be.
@@ -752,7 +763,8 @@ async fn serve_echo(mut listener: Listener) {
 }
 
 async fn echo(mut stream: OverlayStream) {
-    let mut buf = vec![0u8; 64 << 10];
+    // Small: a peer may hold many echo streams open at once.
+    let mut buf = vec![0u8; 8 << 10];
     loop {
         let n = match tokio::time::timeout(ECHO_IDLE, stream.recv.read(&mut buf)).await {
             Ok(Ok(Some(n))) => n,
@@ -800,7 +812,7 @@ async fn persist_records(daemon: std::sync::Weak<Daemon>, claimed: Arc<tokio::sy
 
 /// Registers with one rendezvous server and refreshes; retries with capped, jittered backoff.
 async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let Some(d) = daemon.upgrade() else { return };
         let spec = d.servers.lock().expect("server state lock")[index]
@@ -819,7 +831,7 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
                     state.registered = true;
                     state.observed = Some(observed);
                     state.last_error = None;
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     REFRESH_INTERVAL
                 }
                 Err(e) => {
@@ -829,9 +841,7 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
                     }
                     state.registered = false;
                     state.last_error = Some(e);
-                    let wait = jitter(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
-                    wait
+                    backoff.failed()
                 }
             }
         };
@@ -903,13 +913,6 @@ async fn register_record(
         other => other,
     }
     .map_err(|e| e.to_string())
-}
-
-/// 75–125 % of `base`, so that many nodes retrying do not move in lockstep.
-fn jitter(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    base.mul_f64(0.75 + f64::from(byte[0]) / 510.0)
 }
 
 /// The host's interface addresses that are up, loopback last.

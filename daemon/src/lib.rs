@@ -2,6 +2,7 @@
 //! local API ([`api`]) and the rendezvous role every daemon plays ([`rendezvous`]).
 
 pub mod api;
+pub mod backoff;
 pub mod daemon;
 pub mod home;
 pub mod names;

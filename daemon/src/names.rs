@@ -85,15 +85,7 @@ impl Daemon {
             Target::Address(address) => Ok(address),
             Target::Name(name) => match self.alias(&name) {
                 Some(address) => Ok(address),
-                None => {
-                    // Connected to the pinned key already: that is the name's node.
-                    if let Some(pin) = self.pin(&name)
-                        && self.node.is_connected(pin.address)
-                    {
-                        return Ok(pin.address);
-                    }
-                    Ok(self.find_name(&name).await?.0.address())
-                }
+                None => Ok(self.find_name(&name).await?.0.address()),
             },
         }
     }
@@ -139,10 +131,14 @@ impl Daemon {
     async fn find_name(&self, name: &Name) -> Result<(Record, &'static str), DaemonError> {
         if let Some(pin) = self.pin(name) {
             match self.find(pin.address).await {
-                Ok((record, _)) if hex::encode(record.identity.key_bytes()) == pin.public_key => {
+                Ok((record, _))
+                    if hex::encode(record.identity.key_bytes()) == pin.public_key
+                        && record.name.as_ref() == Some(name) =>
+                {
                     return Ok((record, "pinned"));
                 }
-                // Gone, or unreachable: the name's holder now tells whether it moved.
+                // Gone, unreachable, or it gave the name up: the name's holder now tells
+                // whether it moved (a pin mismatch) or not.
                 Ok(_) | Err(_) => {}
             }
         }

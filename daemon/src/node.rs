@@ -25,6 +25,7 @@ use tern_proto::{Address, PublicIdentity, SecretIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::backoff::accept_patiently;
 use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
 use crate::transport::paths::{Route, canonical, is_link};
@@ -367,11 +368,12 @@ struct State {
     next_ephemeral_port: u16,
 }
 
-/// A sealed ping waiting for its pong. Only `peer`, answering from `to`, can answer it: the
-/// id is random, and a pong from another peer or another path says nothing about this one.
+/// A sealed ping waiting for its pong. Only `peer` can answer it: the id is random, so a pong
+/// with it proves the ping reached `peer` along the path it was sent on, and a pong from
+/// another peer says nothing about this one. (The pong may come back from another of the
+/// peer's addresses: its kernel picks the source.)
 struct PendingPing {
     peer: Address,
-    to: SocketAddr,
     answer: oneshot::Sender<SocketAddr>,
 }
 
@@ -869,14 +871,7 @@ impl Node {
             };
             let txid = random_u64();
             let (answer, rx) = oneshot::channel();
-            state.pings.insert(
-                txid,
-                PendingPing {
-                    peer,
-                    to: canonical(to),
-                    answer,
-                },
-            );
+            state.pings.insert(txid, PendingPing { peer, answer });
             let counter = shared
                 .control_counter
                 .lock()
@@ -1078,8 +1073,8 @@ fn is_lan(addr: SocketAddr) -> bool {
 /// a packet cannon.
 const PROBES_PER_SECOND_PER_PEER: f64 = 100.0;
 const PROBE_BURST_PER_PEER: f64 = 200.0;
-const PROBES_PER_SECOND: f64 = 500.0;
-const PROBE_BURST: f64 = 1000.0;
+const PROBES_PER_SECOND: f64 = 2000.0;
+const PROBE_BURST: f64 = 4000.0;
 
 struct ProbeBudget {
     per_peer: RateLimiter,
@@ -1148,7 +1143,7 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         let kept = state.connections.entry(address).or_default();
         kept.retain(|c| c.close_reason().is_none());
         kept.push(connection.clone());
-        if kept.len() > shared.config.max_connections_per_peer {
+        if kept.len() > shared.config.max_connections_per_peer.max(1) {
             // One identity cannot pin more than a few connections' worth of memory.
             kept.remove(0).close(
                 CLOSE_TOO_MANY.into(),
@@ -1179,7 +1174,8 @@ async fn refuse_uni_streams(connection: quinn::Connection) {
 }
 
 async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
-    while let Ok((stream, from)) = listener.accept().await {
+    loop {
+        let (stream, from) = accept_patiently("TCP links", || listener.accept()).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -1189,12 +1185,30 @@ async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
     }
 }
 
-/// Where an inbound handshake comes from, for per-source limits: the real IP, or the peer a
-/// relay vouches for (relays forward only frames from a connected peer's verified address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum HandshakeSource {
-    Ip(std::net::IpAddr),
-    Relayed(Address),
+/// Where an inbound handshake comes from, for per-source limits: the IP it arrived from (a
+/// relay's, for relayed ones; the TCP peer's, for a link), IPv6 by its /64, which one host
+/// may hold whole.
+fn handshake_source(
+    socket: &DemuxSocket,
+    route: Option<Route>,
+    remote: SocketAddr,
+) -> std::net::IpAddr {
+    let from = match route {
+        Some(Route::Relay { relay, .. }) => relay,
+        Some(Route::Direct(real)) => real,
+        None => remote,
+    };
+    let from = match is_link(&from) {
+        true => socket.link_remote(&from).unwrap_or(from),
+        false => from,
+    };
+    match canonical(from).ip() {
+        std::net::IpAddr::V6(ip) => {
+            let [a, b, c, d, ..] = ip.segments();
+            std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0).into()
+        }
+        v4 => v4,
+    }
 }
 
 /// Inbound handshakes in flight from one source: past the first, an unvalidated source must
@@ -1203,7 +1217,7 @@ enum HandshakeSource {
 const UNVALIDATED_PER_SOURCE: usize = 8;
 const HANDSHAKES_PER_SOURCE: usize = 64;
 /// An unvalidated source (its address not proven by a Retry round trip) gets this long.
-const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts inbound QUIC connections. Handshake slots are the scarce resource: once an eighth
 /// of them are taken, or a source has several in flight, a source must first prove its
@@ -1211,7 +1225,7 @@ const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// a quarter of the slots; an unvalidated one holds its slot for seconds, not the whole
 /// dial timeout.
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {
-    let in_flight: Arc<Mutex<HashMap<HandshakeSource, usize>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
         let Some(node) = shared.upgrade() else { return };
         let remote = incoming.remote_address();
@@ -1221,11 +1235,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
             continue;
         }
         let route = node.socket.paths().route_for(&remote);
-        let source = match route {
-            Some(Route::Relay { peer, .. }) => HandshakeSource::Relayed(peer),
-            Some(Route::Direct(real)) => HandshakeSource::Ip(canonical(real).ip()),
-            None => HandshakeSource::Ip(remote.ip()),
-        };
+        let source = handshake_source(&node.socket, route, remote);
         let validated = incoming.remote_address_validated();
         let from_source = in_flight
             .lock()
@@ -1288,32 +1298,65 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
     }
 }
 
+/// How often a connection's path pin is moved to where quinn now sends (a migrated peer).
+const PIN_CHECK: Duration = Duration::from_secs(1);
+
+/// Serves a connection's incoming streams until it closes, keeping its path pinned (also
+/// after the peer migrated to a new path), then forgets it.
 async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Weak<Shared>) {
+    // `register` pinned the path the connection was verified on.
+    let mut pinned = connection.remote_address();
+    let mut pin_check = tokio::time::interval(PIN_CHECK);
     let reason = loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(answer_stream(send, recv, peer, shared.clone()));
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(answer_stream(send, recv, peer, shared.clone()));
+                }
+                Err(e) => break e,
+            },
+            _ = pin_check.tick() => {
+                // Ask quinn first, then take the path lock (never both at once).
+                let now_at = connection.remote_address();
+                if now_at != pinned && let Some(shared) = shared.upgrade() {
+                    let mut paths = shared.socket.paths();
+                    paths.pin(now_at);
+                    paths.unpin(pinned);
+                    pinned = now_at;
+                }
             }
-            Err(e) => break e,
         }
     };
     tracing::debug!(%peer, %reason, "connection closed");
-    if let Some(shared) = shared.upgrade() {
-        let synthetic = connection.remote_address();
-        shared.socket.paths().unpin(synthetic);
-        let mut state = shared.state();
-        let id = connection.stable_id();
-        if state
-            .peers
-            .get(&peer)
-            .is_some_and(|p| p.connection.stable_id() == id)
-        {
-            state.peers.remove(&peer);
-        }
-        if let Some(kept) = state.connections.get_mut(&peer) {
-            kept.retain(|c| c.stable_id() != id);
-            if kept.is_empty() {
-                state.connections.remove(&peer);
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    shared.socket.paths().unpin(pinned);
+    let mut state = shared.state();
+    let id = connection.stable_id();
+    if let Some(kept) = state.connections.get_mut(&peer) {
+        kept.retain(|c| c.stable_id() != id && c.close_reason().is_none());
+    }
+    let survivor = state
+        .connections
+        .get(&peer)
+        .and_then(|kept| kept.last().cloned());
+    if survivor.is_none() {
+        state.connections.remove(&peer);
+    }
+    let carried_new_streams = state
+        .peers
+        .get(&peer)
+        .is_some_and(|p| p.connection.stable_id() == id);
+    if carried_new_streams {
+        match survivor {
+            // Another verified connection to the peer is still open: it carries them now.
+            Some(connection) => {
+                let since = SystemTime::now();
+                state.peers.insert(peer, Peer { connection, since });
+            }
+            None => {
+                state.peers.remove(&peer);
             }
         }
     }
@@ -1496,7 +1539,7 @@ fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
             ))
         }
         ControlMessage::Pong { txid, .. } => {
-            let answers = |p: &PendingPing| p.peer == from && p.to == canonical(packet.from);
+            let answers = |p: &PendingPing| p.peer == from;
             if state.pings.get(&txid).is_some_and(answers)
                 && let Some(ping) = state.pings.remove(&txid)
             {

@@ -83,20 +83,34 @@ fn a_name_registered_at_a_node_that_is_not_its_rendezvous_never_answers_its_look
 }
 
 #[test]
-fn a_pinned_name_resolves_through_its_key_first() {
-    let first = Daemon::start(&[]);
-    let alpha = Daemon::start(&["--rendezvous", &first.listen, "--hostname", "alpha"]);
+fn a_pinned_name_resolves_through_its_key_before_any_rendezvous_is_asked_for_the_name() {
+    let honest = Daemon::start(&[]);
+    let alpha = Daemon::start(&["--rendezvous", &honest.listen, "--hostname", "alpha"]);
     alpha.wait_registered();
-    let b = Daemon::start(&["--rendezvous", &first.listen]);
-    assert!(b.ternctl_json(&["find", "alpha"]).0);
-    // Alpha drops its name; a stranger claims it at the same rendezvous once it is free.
-    assert!(alpha.ternctl(&["name", "clear"]).status.success());
-    let stranger = Daemon::start(&["--rendezvous", &first.listen, "--hostname", "alpha"]);
-    stranger.wait_registered();
+    let b = Daemon::start(&["--rendezvous", &honest.listen]);
+    assert!(b.ternctl_json(&["find", "alpha"]).0, "pins alpha");
+    // A second rendezvous, where another key holds "alpha", is asked first from now on.
+    let other = Daemon::start(&[]);
+    let impostor = Daemon::start(&["--rendezvous", &other.listen, "--hostname", "alpha"]);
+    impostor.wait_registered();
+    let b = b.restart(&[
+        "--rendezvous",
+        &other.listen,
+        "--rendezvous",
+        &honest.listen,
+    ]);
     let (ok, found) = b.ternctl_json(&["find", "alpha"]);
     assert!(ok, "{found}");
     assert_eq!(found["data"]["address"], alpha.address.as_str());
     assert_eq!(found["data"]["resolved"], "pinned");
+    let (ok, pong) = b.ternctl_json(&["ping", "alpha"]);
+    assert!(ok, "{pong}");
+    // Once alpha gives the name up, the pin no longer answers for it: the impostor is
+    // reported, not silently taken.
+    assert!(alpha.ternctl(&["name", "clear"]).status.success());
+    let (ok, refused) = b.ternctl_json(&["find", "alpha"]);
+    assert!(!ok, "{refused}");
+    assert_eq!(refused["error"]["code"], "pin_mismatch");
 }
 
 #[test]
@@ -381,4 +395,46 @@ fn a_flood_of_long_trust_requests_is_listed_whole_and_printed_harmlessly() {
         "an escape sequence reached the terminal"
     );
     assert_eq!(printed.matches("\\u{1b}[2J").count(), SENDERS);
+}
+
+#[test]
+fn idle_tcp_links_neither_fill_the_link_table_nor_stay() {
+    use std::io::Read;
+    let victim = Daemon::start(&[]);
+    let at: SocketAddr = victim.listen.parse().unwrap();
+    // More idle links than the whole table holds, from one other address.
+    let idle: Vec<std::net::TcpStream> = (0..1100)
+        .filter_map(|_| connect_from("127.0.0.2", at))
+        .collect();
+    assert!(idle.len() > 1024, "only {} connections", idle.len());
+    runtime().block_on(async {
+        let (node, _) = attacker();
+        let linked = node.connect_any_over_tcp(at).await;
+        assert!(linked.is_ok(), "a genuine TCP link was refused: {linked:?}");
+    });
+    // An idle link is closed once it has sent nothing for the first-datagram deadline.
+    let mut first = idle.into_iter().next().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = first.read(&mut buf);
+    assert!(
+        matches!(read, Ok(0))
+            || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the idle link stayed open"
+    );
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any port).
+fn connect_from(from: &str, to: SocketAddr) -> Option<std::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind(format!("{from}:0").parse().ok()?).ok()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let stream = runtime.block_on(socket.connect(to)).ok()?.into_std().ok()?;
+    stream.set_nonblocking(false).ok()?;
+    Some(stream)
 }

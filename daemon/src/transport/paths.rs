@@ -5,9 +5,12 @@
 //! Synthetic addresses live in the ULA prefix fd74:6572:6e00::/48 ("tern"), which never leaves
 //! this process. A datagram from an unknown source gets an *unpinned* synthetic address; once
 //! a connection on it is verified it is pinned. Unpinned entries are capped, oldest evicted,
-//! so a flood of spoofed sources cannot grow the table without bound.
+//! so a flood of spoofed sources cannot grow the table without bound. A path's synthetic
+//! address is a keyed hash of the path, so a path evicted and seen again gets the same one:
+//! a QUIC Retry token (bound to the address quinn sees) stays valid through a flood.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use tern_proto::Address;
@@ -45,16 +48,23 @@ impl std::fmt::Display for Route {
 const SYNTHETIC_PREFIX: [u16; 3] = [0xfd74, 0x6572, 0x6e00];
 const SYNTHETIC_PORT: u16 = 7;
 pub const MAX_UNPINNED: usize = 4096;
+/// Earlier routes of a moved path that still map back to it (replies along the old path).
+const MAX_ALIASES: usize = 4;
+/// Ids from the hash have the top bit clear; the rare collision takes a counted id instead.
+const COUNTED_ID: u64 = 1 << 63;
 
 #[derive(Debug)]
 struct Entry {
     route: Route,
+    /// Routes that map back to this entry besides `route`: where it was before it moved.
+    aliases: VecDeque<Route>,
     /// Verified connections using this path; at 0 the entry may be evicted.
     pins: u32,
 }
 
 #[derive(Debug, Default)]
 pub struct PathTable {
+    key: std::collections::hash_map::RandomState,
     next_id: u64,
     routes: HashMap<SocketAddr, Entry>,
     by_route: HashMap<Route, SocketAddr>,
@@ -111,9 +121,20 @@ impl PathTable {
         if let Some(synthetic) = self.by_route.get(&route) {
             return *synthetic;
         }
-        self.next_id += 1;
-        let synthetic = in_prefix(SYNTHETIC_PREFIX, self.next_id);
-        self.routes.insert(synthetic, Entry { route, pins: 0 });
+        let hashed = in_prefix(SYNTHETIC_PREFIX, self.key.hash_one(route) & !COUNTED_ID);
+        let synthetic = match self.routes.contains_key(&hashed) {
+            false => hashed,
+            true => {
+                self.next_id += 1;
+                in_prefix(SYNTHETIC_PREFIX, COUNTED_ID | self.next_id)
+            }
+        };
+        let entry = Entry {
+            route,
+            aliases: VecDeque::new(),
+            pins: 0,
+        };
+        self.routes.insert(synthetic, entry);
         self.by_route.insert(route, synthetic);
         self.unpinned.push_back(synthetic);
         self.evict_unpinned();
@@ -144,10 +165,17 @@ impl PathTable {
     }
 
     fn remove(&mut self, synthetic: SocketAddr) {
-        if let Some(entry) = self.routes.remove(&synthetic)
-            && self.by_route.get(&entry.route) == Some(&synthetic)
-        {
-            self.by_route.remove(&entry.route);
+        if let Some(entry) = self.routes.remove(&synthetic) {
+            for route in entry.aliases.iter().chain([&entry.route]) {
+                self.forget_route(*route, synthetic);
+            }
+        }
+    }
+
+    /// Stops `route` mapping to `synthetic` (if it still does).
+    fn forget_route(&mut self, route: Route, synthetic: SocketAddr) {
+        if self.by_route.get(&route) == Some(&synthetic) {
+            self.by_route.remove(&route);
         }
     }
 
@@ -155,15 +183,42 @@ impl PathTable {
     /// map back to it.
     pub fn set_route(&mut self, synthetic: SocketAddr, route: Route) {
         let route = route.canonical();
-        if let Some(entry) = self.routes.get_mut(&synthetic) {
-            entry.route = route;
-            if let Some(previous) = self.by_route.insert(route, synthetic)
-                && previous != synthetic
-                && self.routes.get(&previous).is_some_and(|r| r.pins == 0)
-            {
-                self.routes.remove(&previous);
-            }
+        let Some(entry) = self.routes.get_mut(&synthetic) else {
+            return;
+        };
+        if entry.route == route {
+            return;
         }
+        let old = std::mem::replace(&mut entry.route, route);
+        entry.aliases.retain(|r| *r != route);
+        entry.aliases.push_back(old);
+        let dropped = match entry.aliases.len() > MAX_ALIASES {
+            true => entry.aliases.pop_front(),
+            false => None,
+        };
+        if let Some(dropped) = dropped {
+            self.forget_route(dropped, synthetic);
+        }
+        if let Some(previous) = self.by_route.insert(route, synthetic)
+            && previous != synthetic
+            && self.routes.get(&previous).is_some_and(|r| r.pins == 0)
+        {
+            self.remove(previous);
+        }
+    }
+
+    /// Whether a verified connection uses the direct path to `real` (a peer of ours sends
+    /// from there: it may relay to us).
+    pub fn is_pinned_direct(&self, real: SocketAddr) -> bool {
+        self.by_route
+            .get(&Route::Direct(canonical(real)))
+            .and_then(|synthetic| self.routes.get(synthetic))
+            .is_some_and(|entry| entry.pins > 0)
+    }
+
+    /// How many routes map to a path (for tests of the table's size).
+    pub fn routes_len(&self) -> usize {
+        self.by_route.len()
     }
 
     pub fn len(&self) -> usize {
@@ -238,5 +293,37 @@ mod tests {
         }
         assert!(t.len() <= MAX_UNPINNED + 1);
         assert_eq!(t.route_for(&kept), Some(real(1)));
+    }
+
+    #[test]
+    fn an_evicted_path_seen_again_gets_its_old_synthetic_address() {
+        let mut t = PathTable::default();
+        let first = t.synthetic_for(real(1));
+        for port in 2..(MAX_UNPINNED as u16 * 2) {
+            t.synthetic_for(real(port));
+        }
+        assert!(t.route_for(&first).is_none(), "evicted by the flood");
+        assert_eq!(t.synthetic_for(real(1)), first);
+    }
+
+    #[test]
+    fn moved_and_closed_paths_leave_nothing_behind() {
+        let mut t = PathTable::default();
+        for cycle in 0..100u16 {
+            let s = t.synthetic_for(real(10_000 + cycle));
+            t.pin(s);
+            for hop in 1..8u16 {
+                t.set_route(s, real(20_000 + cycle * 8 + hop));
+            }
+            assert!(t.is_pinned_direct(SocketAddr::from(([192, 0, 2, 1], 20_000 + cycle * 8 + 7))));
+            assert!(t.routes_len() <= (1 + MAX_ALIASES) * t.len());
+            t.unpin(s);
+        }
+        // Unpinned leftovers only, each with its bounded aliases; evicting them empties all.
+        assert!(t.len() <= 100);
+        while let Some(oldest) = t.unpinned.pop_front() {
+            t.remove(oldest);
+        }
+        assert_eq!((t.len(), t.routes_len()), (0, 0));
     }
 }

@@ -42,6 +42,12 @@ const INJECTED_QUEUE: usize = 1024;
 const LINK_QUEUE: usize = 1024;
 /// TCP links at once; more are refused.
 pub const MAX_LINKS: usize = 1024;
+/// TCP links from one IP address at once (many nodes may sit behind one NAT).
+pub const MAX_LINKS_PER_IP: usize = 64;
+/// A link must carry its first datagram this soon, and then one at least this often (QUIC
+/// keep-alives come every 15 s), or it is closed: idle links cannot fill the table.
+pub const LINK_FIRST_DATAGRAM: std::time::Duration = std::time::Duration::from_secs(10);
+pub const LINK_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A datagram that is not QUIC.
 #[derive(Debug)]
@@ -241,11 +247,19 @@ impl DemuxSocket {
             {
                 let (header, packet) = RelayHeader::decode(segment).expect("checked above");
                 let table = paths.get_or_insert_with(|| self.paths());
-                let synthetic = table.synthetic_for(Route::Relay {
-                    relay: from,
-                    peer: header.source,
-                });
-                self.inject(synthetic, Bytes::copy_from_slice(packet));
+                // Only a node this one is connected to relays to it: anyone else could make
+                // up sources without end.
+                if table.is_pinned_direct(from) {
+                    let synthetic = table.synthetic_for(Route::Relay {
+                        relay: from,
+                        peer: header.source,
+                    });
+                    self.inject(synthetic, Bytes::copy_from_slice(packet));
+                } else {
+                    self.stats
+                        .unroutable_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
             PacketKind::Tern(TernType::Relay) if self.relayed_here(from, segment) => {}
             kind => {
@@ -345,7 +359,11 @@ impl DemuxSocket {
         let (frames, mut queued) = mpsc::channel::<Bytes>(LINK_QUEUE);
         {
             let mut links = self.links.lock().expect("link table lock");
-            if links.len() >= MAX_LINKS {
+            let from_ip = links
+                .values()
+                .filter(|l| l.remote.ip() == remote.ip())
+                .count();
+            if links.len() >= MAX_LINKS || from_ip >= MAX_LINKS_PER_IP {
                 self.stats.links_refused.fetch_add(1, Ordering::Relaxed);
                 return Err(io::Error::other("too many TCP links"));
             }
@@ -365,15 +383,19 @@ impl DemuxSocket {
         let socket = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut buf = vec![0u8; u16::MAX as usize];
+            let mut deadline = LINK_FIRST_DATAGRAM;
             loop {
                 let mut header = [0u8; 2];
-                if reader.read_exact(&mut header).await.is_err() {
-                    break;
-                }
-                let len = u16::from_be_bytes(header) as usize;
-                if reader.read_exact(&mut buf[..len]).await.is_err() {
-                    break;
-                }
+                let datagram = async {
+                    reader.read_exact(&mut header).await?;
+                    let len = u16::from_be_bytes(header) as usize;
+                    reader.read_exact(&mut buf[..len]).await
+                };
+                let len = match tokio::time::timeout(deadline, datagram).await {
+                    Ok(Ok(len)) => len,
+                    Ok(Err(_)) | Err(_) => break,
+                };
+                deadline = LINK_IDLE;
                 let Some(socket) = socket.upgrade() else {
                     break;
                 };

@@ -1,0 +1,106 @@
+//! Capped, jittered exponential back-off: every retry loop a peer or the OS can make fail
+//! (registration, accept loops) waits this way, so that no failure turns into a busy loop or
+//! many nodes retrying in lockstep.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// How long to wait after one more failure in a row (75–125 % of the current step); the
+    /// step doubles up to the cap.
+    pub fn failed(&mut self) -> Duration {
+        let wait = jitter(self.next);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    /// A success: the next failure waits the first step again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+
+    /// Whether the last call was a success (no failure since): for logging once per streak.
+    pub fn is_fresh(&self) -> bool {
+        self.next == self.first
+    }
+}
+
+/// The next accepted connection from `accept`. An error (the process is out of file
+/// descriptors, say) neither ends the caller's accept loop nor spins it: it is logged once
+/// per streak and waited out, 10 ms at first, at most a second.
+pub async fn accept_patiently<T, Fut>(what: &'static str, accept: impl Fn() -> Fut) -> T
+where
+    Fut: Future<Output = std::io::Result<T>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        match accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                if backoff.is_fresh() {
+                    tracing::warn!(error = %e, "{what}: cannot accept a connection; backing off");
+                }
+                tokio::time::sleep(backoff.failed()).await;
+            }
+        }
+    }
+}
+
+/// 75–125 % of `base`.
+fn jitter(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    base.mul_f64(0.75 + f64::from(byte[0]) / 510.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_double_up_to_the_cap_with_jitter_and_reset_on_success() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        assert!(b.is_fresh());
+        let waits: Vec<Duration> = (0..6).map(|_| b.failed()).collect();
+        assert!(!b.is_fresh());
+        for (wait, step) in waits.iter().zip([1, 2, 4, 8, 8, 8]) {
+            let step = Duration::from_secs(step);
+            assert!(
+                *wait >= step.mul_f64(0.75) && *wait <= step.mul_f64(1.25),
+                "{wait:?}"
+            );
+        }
+        b.reset();
+        assert!(b.failed() <= Duration::from_millis(1250));
+    }
+
+    #[tokio::test]
+    async fn accept_errors_are_waited_out_not_the_end_of_the_loop() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let accepted = accept_patiently("test", || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                match n {
+                    0..3 => Err(std::io::Error::from_raw_os_error(libc::EMFILE)),
+                    n => Ok(n),
+                }
+            }
+        })
+        .await;
+        assert_eq!(accepted, 3);
+    }
+}
