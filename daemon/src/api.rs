@@ -82,6 +82,10 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     loop {
+        // At the limit, new clients wait in the kernel's queue until a place frees up.
+        let Ok(place) = daemon.api_clients.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, _) = accept_patiently("local API", || listener.accept()).await;
         let allowed = stream
             .peer_cred()
@@ -92,6 +96,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
         }
         let daemon = daemon.clone();
         tokio::spawn(async move {
+            let _place = place;
             if let Err(e) = handle_client(&daemon, stream).await {
                 tracing::debug!(error = %e, "local API client ended");
             }

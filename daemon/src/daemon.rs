@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     /// How long a name stays held after its holder's record lapsed (this node as rendezvous).
     pub name_grace: Duration,
     pub transport: TransportConfig,
+    /// Local API clients connected at once; more wait.
+    pub max_api_clients: usize,
 }
 
 impl DaemonConfig {
@@ -74,6 +76,7 @@ impl DaemonConfig {
             hostname: None,
             name_grace: Duration::from_secs(rendezvous::registry::DEFAULT_NAME_GRACE),
             transport: TransportConfig::default(),
+            max_api_clients: 1024,
         }
     }
 }
@@ -175,6 +178,8 @@ pub struct Daemon {
     pub(crate) records_path: std::path::PathBuf,
     /// The registry as last written to `records_path`.
     pub(crate) records_written: Mutex<Vec<u8>>,
+    /// Local API clients served at once (`api::serve`).
+    pub(crate) api_clients: Arc<tokio::sync::Semaphore>,
 }
 
 impl Daemon {
@@ -190,6 +195,8 @@ impl Daemon {
     /// Like [`Daemon::start`] on a socket the caller bound (in a network namespace, say);
     /// `config.listen` is not used.
     pub fn start_on(config: DaemonConfig, socket: UdpSocket) -> Result<Arc<Self>, DaemonError> {
+        config.home.ensure_dir()?;
+        config.home.check_private()?;
         let identity = config.home.load_or_create_identity()?;
         let trust = JsonFile::<TrustList>::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
@@ -233,6 +240,7 @@ impl Daemon {
             requests: Mutex::new(requests),
             records_path,
             records_written: Mutex::new(Vec::new()),
+            api_clients: Arc::new(tokio::sync::Semaphore::new(config.max_api_clients)),
             trust_messages_refused: Default::default(),
             limits: Arc::default(),
             request_limiter: Mutex::new(RateLimiter::new(
@@ -267,6 +275,7 @@ impl Daemon {
         tokio::spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
         tokio::spawn(refresh_own_record(Arc::downgrade(&daemon)));
         tokio::spawn(persist_records(Arc::downgrade(&daemon), claimed));
+        tokio::spawn(report_limits(Arc::downgrade(&daemon)));
         for index in 0..config.rendezvous.len() {
             tokio::spawn(keep_registered(Arc::downgrade(&daemon), index));
         }
@@ -284,8 +293,7 @@ impl Daemon {
         if *written == now {
             return;
         }
-        let tmp = self.records_path.with_extension("tmp");
-        match std::fs::write(&tmp, &now).and_then(|()| std::fs::rename(&tmp, &self.records_path)) {
+        match crate::store::write_atomically(&self.records_path, &now) {
             Ok(()) => *written = now,
             Err(e) => {
                 tracing::warn!(file = %self.records_path.display(), error = %e, "cannot save rendezvous records")
@@ -742,6 +750,7 @@ impl Daemon {
             "records_held": self.registry.lock().expect("registry lock").len(),
             "names_held": self.registry.lock().expect("registry lock").names_held(),
             "dropped": self.node.drops(),
+            "limits_hit": self.node.limits_hit(),
             "refused": {
                 "rendezvous_requests": self.limits.refused.load(std::sync::atomic::Ordering::Relaxed),
                 "name_claims_taken": self.limits.names_taken.load(std::sync::atomic::Ordering::Relaxed),
@@ -795,6 +804,28 @@ async fn refresh_own_record(daemon: std::sync::Weak<Daemon>) {
         }
         drop(d);
         tokio::time::sleep(REFRESH_INTERVAL).await;
+    }
+}
+
+/// How often limits that were hit are logged: one line per interval whatever peers do.
+const LIMIT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs, once per interval, which limits were hit and which datagrams were dropped.
+async fn report_limits(daemon: std::sync::Weak<Daemon>) {
+    let mut last = None;
+    loop {
+        tokio::time::sleep(LIMIT_REPORT_INTERVAL).await;
+        let Some(d) = daemon.upgrade() else { return };
+        let now = (d.node.limits_hit(), d.node.drops());
+        if last.is_some_and(|last| last != now) {
+            let (limits, dropped) = now;
+            tracing::warn!(
+                ?limits,
+                ?dropped,
+                "limits were hit (totals since start; `ternctl status` shows them)"
+            );
+        }
+        last = Some(now);
     }
 }
 

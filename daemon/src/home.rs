@@ -45,6 +45,11 @@ pub enum HomeError {
     },
     #[error("no identity in {home} yet: run `ternd id --home {home}` or start ternd once")]
     NoIdentity { home: PathBuf },
+    #[error(
+        "{path} {problem}: anyone who can write there can replace this node's trust list or \
+         keys. Use a directory of your own: chmod 700 {path}"
+    )]
+    NotPrivate { path: PathBuf, problem: String },
     #[error("cannot create an identity: the OS random source failed: {0}")]
     Random(#[source] getrandom::Error),
 }
@@ -92,6 +97,37 @@ impl Home {
                 path: self.dir.clone(),
                 source,
             })
+    }
+
+    /// Refuses a home that another user owns or that others may write to.
+    pub fn check_private(&self) -> Result<(), HomeError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(&self.dir).map_err(|source| HomeError::Directory {
+            path: self.dir.clone(),
+            source,
+        })?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let problem = if meta.uid() != me {
+            Some(format!(
+                "belongs to user {}, not to this user ({me})",
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "is writable by others (mode {:o})",
+                meta.mode() & 0o777
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(HomeError::NotPrivate {
+                path: self.dir.clone(),
+                problem,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Loads the identity; never creates one.

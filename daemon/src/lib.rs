@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod config;
 pub mod daemon;
 pub mod home;
 pub mod names;

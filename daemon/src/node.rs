@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -443,7 +444,7 @@ struct Shared {
     state: Mutex<State>,
     control_counter: Mutex<Counter>,
     probe_budget: Mutex<ProbeBudget>,
-    probes_limited: std::sync::atomic::AtomicU64,
+    limited: LimitCounters,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -470,8 +471,30 @@ pub struct Drops {
     pub unroutable: u64,
     /// Relay frames beyond a peer's relay rate.
     pub relay_rate_limited: u64,
+}
+
+/// What the node's limits turned away (`ternctl status`: `limits_hit`).
+#[derive(Debug, Default)]
+struct LimitCounters {
+    handshakes_refused: AtomicU64,
+    handshakes_retried: AtomicU64,
+    connections_closed: AtomicU64,
+    probes_limited: AtomicU64,
+}
+
+/// Counts of limits hit since the node started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LimitsHit {
+    /// Inbound handshakes refused: too many in flight, from one source, or connections.
+    pub handshakes_refused: u64,
+    /// Inbound handshakes asked to prove their address first (QUIC Retry).
+    pub handshakes_retried: u64,
+    /// Connections closed because their identity opened more than it may keep.
+    pub connections_closed: u64,
     /// Hole-punching probes not sent: past the per-peer or total probe rate.
     pub probes_limited: u64,
+    /// TCP links refused: too many in all or from one IP.
+    pub links_refused: u64,
 }
 
 /// A running node. Cloning gives another handle to the same node; it shuts down when the last
@@ -525,7 +548,7 @@ impl Node {
             state: Mutex::new(State::default()),
             control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
             probe_budget: Mutex::new(ProbeBudget::default()),
-            probes_limited: Default::default(),
+            limited: LimitCounters::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
         });
@@ -569,7 +592,6 @@ impl Node {
         self.shared.buffer_sizes
     }
 
-    /// Datagrams the socket dropped: (unknown first byte, control queue full, unroutable).
     /// Datagrams dropped so far, by reason.
     pub fn drops(&self) -> Drops {
         use std::sync::atomic::Ordering::Relaxed;
@@ -579,7 +601,19 @@ impl Node {
             control_queue_full: stats.diverted_dropped.load(Relaxed),
             unroutable: stats.unroutable_dropped.load(Relaxed),
             relay_rate_limited: stats.relay_rate_limited.load(Relaxed),
-            probes_limited: self.shared.probes_limited.load(Relaxed),
+        }
+    }
+
+    /// Limits hit so far, by limit.
+    pub fn limits_hit(&self) -> LimitsHit {
+        use std::sync::atomic::Ordering::Relaxed;
+        let limited = &self.shared.limited;
+        LimitsHit {
+            handshakes_refused: limited.handshakes_refused.load(Relaxed),
+            handshakes_retried: limited.handshakes_retried.load(Relaxed),
+            connections_closed: limited.connections_closed.load(Relaxed),
+            probes_limited: limited.probes_limited.load(Relaxed),
+            links_refused: self.shared.socket.stats.links_refused.load(Relaxed),
         }
     }
 
@@ -597,11 +631,20 @@ impl Node {
             .entry(peer)
             .or_default()
             .clone();
-        let _dialling = lock.lock().await;
-        if shared.state().live_connection(peer).is_some() {
-            return Ok(());
+        let dialled = {
+            let _dialling = lock.lock().await;
+            let connected = shared.state().live_connection(peer).is_some();
+            match connected {
+                true => Ok(()),
+                false => self.dial(Some(peer), Route::Direct(at)).await.map(|_| ()),
+            }
+        };
+        // The last caller out removes the peer's lock: the table holds only dials under way.
+        let mut locks = shared.dial_locks.lock().expect("dial lock table poisoned");
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&peer);
         }
-        self.dial(Some(peer), Route::Direct(at)).await.map(|_| ())
+        dialled
     }
 
     /// Connects to `peer` through the relay at `relay` (a node both are connected to), for
@@ -990,7 +1033,7 @@ impl Node {
             .allow(Instant::now(), peer);
         if !allowed {
             use std::sync::atomic::Ordering::Relaxed;
-            self.shared.probes_limited.fetch_add(1, Relaxed);
+            self.shared.limited.probes_limited.fetch_add(1, Relaxed);
         }
         allowed
     }
@@ -1145,6 +1188,10 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         kept.push(connection.clone());
         if kept.len() > shared.config.max_connections_per_peer.max(1) {
             // One identity cannot pin more than a few connections' worth of memory.
+            shared
+                .limited
+                .connections_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             kept.remove(0).close(
                 CLOSE_TOO_MANY.into(),
                 b"too many connections from this identity",
@@ -1225,12 +1272,14 @@ const UNVALIDATED_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// a quarter of the slots; an unvalidated one holds its slot for seconds, not the whole
 /// dial timeout.
 async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes: Arc<Semaphore>) {
+    use std::sync::atomic::Ordering::Relaxed;
     let in_flight: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     while let Some(incoming) = endpoint.accept().await {
         let Some(node) = shared.upgrade() else { return };
         let remote = incoming.remote_address();
         if node.state().connection_count() >= node.config.max_connections {
             tracing::debug!(%remote, "connection limit reached; handshake refused");
+            node.limited.handshakes_refused.fetch_add(1, Relaxed);
             incoming.refuse();
             continue;
         }
@@ -1245,6 +1294,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
             .unwrap_or(0);
         let busy = handshakes.available_permits() < node.config.max_handshakes * 7 / 8;
         if !validated && (busy || from_source >= UNVALIDATED_PER_SOURCE) {
+            node.limited.handshakes_retried.fetch_add(1, Relaxed);
             if let Err(e) = incoming.retry() {
                 tracing::debug!(%remote, error = %e, "retry not possible");
             }
@@ -1252,11 +1302,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
         }
         if from_source >= HANDSHAKES_PER_SOURCE {
             tracing::debug!(%remote, ?source, "too many handshakes from one source; refused");
+            node.limited.handshakes_refused.fetch_add(1, Relaxed);
             incoming.refuse();
             continue;
         }
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             tracing::debug!(%remote, "too many handshakes in flight; refused");
+            node.limited.handshakes_refused.fetch_add(1, Relaxed);
             incoming.refuse();
             continue;
         };

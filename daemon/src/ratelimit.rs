@@ -3,18 +3,26 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tern_proto::Address;
 
-/// Peers tracked at once; past this, buckets that are full again are forgotten.
+/// Peers tracked at once. Past this, buckets that are full again are forgotten (a sweep at
+/// most once a second, so a full table never costs a scan per call), and peers that still
+/// find no room share one bucket: many identities cannot buy many bursts.
 const MAX_TRACKED: usize = 16_384;
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+type Bucket = (f64, Instant);
 
 #[derive(Debug)]
 pub struct RateLimiter<K = Address> {
     per_second: f64,
     burst: f64,
-    buckets: HashMap<K, (f64, Instant)>,
+    buckets: HashMap<K, Bucket>,
+    /// For peers that found the table full.
+    overflow: Option<Bucket>,
+    swept: Option<Instant>,
 }
 
 impl<K: Hash + Eq> RateLimiter<K> {
@@ -23,34 +31,52 @@ impl<K: Hash + Eq> RateLimiter<K> {
             per_second,
             burst,
             buckets: HashMap::new(),
+            overflow: None,
+            swept: None,
         }
     }
 
     /// Takes one token from `peer`'s bucket if it has one.
     pub fn allow(&mut self, now: Instant, peer: K) -> bool {
-        if self.buckets.len() >= MAX_TRACKED {
-            let (rate, burst) = (self.per_second, self.burst);
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.saturating_duration_since(*at).as_secs_f64() * rate < burst
-            });
+        let (rate, burst) = (self.per_second, self.burst);
+        if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&peer) {
+            if self
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_INTERVAL)
+            {
+                self.swept = Some(now);
+                self.buckets
+                    .retain(|_, (tokens, at)| refill(*tokens, *at, now, rate) < burst);
+            }
+            if self.buckets.len() >= MAX_TRACKED {
+                let shared = self.overflow.get_or_insert((burst, now));
+                return take(shared, now, rate, burst);
+            }
         }
-        let (tokens, at) = self.buckets.entry(peer).or_insert((self.burst, now));
-        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * self.per_second)
-            .min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let bucket = self.buckets.entry(peer).or_insert((burst, now));
+        take(bucket, now, rate, burst)
+    }
+}
+
+fn refill(tokens: f64, at: Instant, now: Instant, rate: f64) -> f64 {
+    tokens + now.saturating_duration_since(at).as_secs_f64() * rate
+}
+
+fn take(bucket: &mut Bucket, now: Instant, rate: f64, burst: f64) -> bool {
+    let (tokens, at) = bucket;
+    *tokens = refill(*tokens, *at, now, rate).min(burst);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_burst_then_the_steady_rate_and_peers_are_independent() {
@@ -67,5 +93,24 @@ mod tests {
                 .count(),
             3
         );
+    }
+
+    #[test]
+    fn a_full_table_sends_newcomers_to_one_shared_bucket() {
+        let mut limiter = RateLimiter::<u32>::new(1.0, 2.0);
+        let t0 = Instant::now();
+        for key in 0..MAX_TRACKED as u32 {
+            assert!(limiter.allow(t0, key));
+        }
+        // Every tracked bucket is drained a little: none can be forgotten yet.
+        let newcomers = (0..10u32)
+            .filter(|n| limiter.allow(t0, MAX_TRACKED as u32 + n))
+            .count();
+        assert_eq!(newcomers, 2, "ten new identities share one burst");
+        assert!(limiter.allow(t0, 5), "a tracked peer keeps its own bucket");
+        // Later the tracked buckets are full again, are swept, and newcomers get their own.
+        let later = t0 + Duration::from_secs(10);
+        assert!(limiter.allow(later, u32::MAX));
+        assert!(limiter.buckets.len() < MAX_TRACKED);
     }
 }

@@ -3,7 +3,7 @@
 //! change is written atomically and saved before it is reported as done.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,17 +57,33 @@ impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
     }
 
     fn save(&self, value: &T) -> Result<(), StoreError> {
-        let write_err = |source| StoreError::Write {
+        let body = serde_json::to_vec_pretty(value).expect("home documents serialise");
+        write_atomically(&self.path, &body).map_err(|source| StoreError::Write {
             path: self.path.clone(),
             source,
-        };
-        let tmp = self.path.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(value).expect("home documents serialise");
-        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
-        file.write_all(&body).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        std::fs::rename(&tmp, &self.path).map_err(write_err)
+        })
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any point leaves either the old or the new
+/// file, never a torn one: a private (0600) temp file, synced, renamed over `path`, and the
+/// directory synced so the rename itself survives a power cut.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -88,7 +104,11 @@ mod tests {
                 .contains(&7)
         );
         std::fs::write(&path, b"[\"nope\"]").unwrap();
-        let e = JsonFile::<BTreeSet<u32>>::load(path).unwrap_err();
+        let e = JsonFile::<BTreeSet<u32>>::load(path.clone()).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        write_atomically(&path, b"[]").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "home documents are private");
     }
 }

@@ -340,6 +340,9 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
         };
         assert!(dialled.is_ok(), "{dialled:?}");
     });
+    let (_, status) = victim.ternctl_json(&["status"]);
+    let retried = &status["data"]["limits_hit"]["handshakes_retried"];
+    assert!(retried.as_u64().is_some_and(|n| n > 0), "{status}");
 }
 
 #[test]

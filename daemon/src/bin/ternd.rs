@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use tern_daemon::config::ConfigFile;
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig};
 use tern_daemon::home::Home;
 use tern_proto::Name;
@@ -48,7 +48,7 @@ struct RunArgs {
     #[arg(long, value_name = "NAME", env = "TERN_HOSTNAME")]
     hostname: Option<Name>,
     /// TOML configuration file (keys: listen, rendezvous, hostname, log_format,
-    /// name_grace_days). Flags win over it.
+    /// name_grace_days, and a [limits] table). Flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format on stderr: text or json. Levels via RUST_LOG (default info).
@@ -70,18 +70,6 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: SocketAddr,
     },
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ConfigFile {
-    listen: Option<SocketAddr>,
-    #[serde(default)]
-    rendezvous: Vec<String>,
-    hostname: Option<Name>,
-    log_format: Option<String>,
-    /// As a rendezvous: days a name stays held after its holder's record lapsed.
-    name_grace_days: Option<u64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,14 +122,14 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading the config file {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text)
+            ConfigFile::parse(&text)
                 .with_context(|| format!("the config file {} is invalid", path.display()))?
         }
         None => ConfigFile::default(),
     };
     let log_format = args
         .log_format
-        .or(file.log_format)
+        .or(file.log_format.clone())
         .unwrap_or_else(|| "text".into());
     init_logging(&log_format)?;
     let listen = args
@@ -150,15 +138,13 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
     let rendezvous = match (rendezvous_role, args.rendezvous.is_empty()) {
         (true, _) => Vec::new(),
-        (false, true) => file.rendezvous,
+        (false, true) => file.rendezvous.clone(),
         (false, false) => args.rendezvous,
     };
     home.ensure_dir()?;
     let mut config = DaemonConfig::new(home.clone(), listen, rendezvous);
-    config.hostname = args.hostname.or(file.hostname);
-    if let Some(days) = file.name_grace_days {
-        config.name_grace = Duration::from_secs(days.saturating_mul(24 * 3600));
-    }
+    config.hostname = args.hostname.or(file.hostname.clone());
+    file.apply(&mut config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let socket_path = home.socket_path();

@@ -42,6 +42,8 @@ pub struct Registry {
     names: HashMap<Name, Address>,
     capacity: usize,
     name_grace: u64,
+    /// When (Unix seconds) lapsed records were last swept out.
+    swept: u64,
 }
 
 impl Default for Registry {
@@ -57,6 +59,7 @@ impl Registry {
             names: HashMap::new(),
             capacity,
             name_grace,
+            swept: 0,
         }
     }
 
@@ -107,7 +110,10 @@ impl Registry {
             }
             Some(_) => {}
             None => {
-                if self.records.len() >= self.capacity {
+                // Full: lapsed records go, in one sweep a second at most (never a scan per
+                // registration).
+                if self.records.len() >= self.capacity && self.swept < now_unix {
+                    self.swept = now_unix;
                     self.forget_lapsed(now_unix);
                 }
                 if self.records.len() >= self.capacity {

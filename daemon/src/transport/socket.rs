@@ -80,6 +80,7 @@ const MAX_RELAY_ROUTES: usize = 4096;
 struct Relaying {
     routes: HashMap<Address, (SocketAddr, std::time::Instant)>,
     limiter: RateLimiter,
+    swept: Option<std::time::Instant>,
 }
 
 /// What a relay does with a frame for another node.
@@ -149,6 +150,7 @@ impl DemuxSocket {
             relaying: Mutex::new(Relaying {
                 routes: HashMap::new(),
                 limiter: RateLimiter::new(relay_packets_per_second, relay_packets_per_second),
+                swept: None,
             }),
             diverted: tx,
             stats: SocketStats::default(),
@@ -308,10 +310,21 @@ impl DemuxSocket {
     pub fn learn_relay_route(&self, peer: Address, at: SocketAddr) {
         let mut relaying = self.relaying.lock().expect("relaying lock");
         let now = std::time::Instant::now();
-        if relaying.routes.len() >= MAX_RELAY_ROUTES {
-            relaying
-                .routes
-                .retain(|_, (_, since)| now.duration_since(*since) < RELAY_ROUTE_FRESH);
+        if relaying.routes.len() >= MAX_RELAY_ROUTES && !relaying.routes.contains_key(&peer) {
+            // A sweep at most once per freshness period: never a scan per frame.
+            if relaying
+                .swept
+                .is_none_or(|at| now.duration_since(at) >= RELAY_ROUTE_FRESH)
+            {
+                relaying.swept = Some(now);
+                relaying
+                    .routes
+                    .retain(|_, (_, since)| now.duration_since(*since) < RELAY_ROUTE_FRESH);
+            }
+            if relaying.routes.len() >= MAX_RELAY_ROUTES {
+                // The node still forwards such frames itself (`node::forward_relayed`).
+                return;
+            }
         }
         relaying.routes.insert(peer, (at, now));
     }
