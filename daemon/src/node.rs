@@ -521,7 +521,19 @@ impl Node {
         .map_err(NodeError::Socket)?;
         let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
         let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Keys that survive restarts: a node that crashed and came back knows the old
+        // connections' IDs for its own and answers their packets with a stateless reset its
+        // peers recognise, so their streams fail at once instead of after the idle timeout.
+        let reset_key = identity.derive_secret("tern 2026 QUIC stateless reset key");
+        let cid_key = identity.derive_secret("tern 2026 QUIC connection ID key");
+        let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 of 32 bytes"));
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            &reset_key,
+        )));
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         // Keep QUIC's first byte at 0x40 or above so the first-byte demultiplexing holds.
         endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(

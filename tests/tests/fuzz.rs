@@ -134,7 +134,10 @@ fn fuzz(target: &str, seeds: Vec<Vec<u8>>, decode: impl Fn(&[u8])) {
         run_one(&input);
         runs += 1;
     }
-    eprintln!("{target}: {} corpus inputs, {runs} mutated runs", corpus.len());
+    eprintln!(
+        "{target}: {} corpus inputs, {runs} mutated runs",
+        corpus.len()
+    );
 }
 
 fn short_hash(bytes: &[u8]) -> String {
@@ -157,8 +160,18 @@ fn ids() -> &'static (SecretIdentity, SecretIdentity) {
 }
 
 fn a_record() -> Record {
-    let endpoints: Vec<SocketAddr> = vec!["203.0.113.9:7440".parse().unwrap(), "[2001:db8::1]:9".parse().unwrap()];
-    Record::sign(&ids().0, &endpoints, Some(&"alpha".parse().unwrap()), 7, 900).unwrap()
+    let endpoints: Vec<SocketAddr> = vec![
+        "203.0.113.9:7440".parse().unwrap(),
+        "[2001:db8::1]:9".parse().unwrap(),
+    ];
+    Record::sign(
+        &ids().0,
+        &endpoints,
+        Some(&"alpha".parse().unwrap()),
+        7,
+        900,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -170,10 +183,14 @@ fn demux_and_relay_frames() {
     let mut frame = relay.encode().to_vec();
     frame.extend_from_slice(&[0x40; 40]);
     let stun = tern_daemon::transport::stun::binding_request().1;
-    fuzz("demux", vec![frame, stun, vec![0xc0; 60], vec![0x20; 30]], |bytes| {
-        let _ = packet::classify(bytes);
-        let _ = packet::RelayHeader::decode(bytes);
-    });
+    fuzz(
+        "demux",
+        vec![frame, stun, vec![0xc0; 60], vec![0x20; 30]],
+        |bytes| {
+            let _ = packet::classify(bytes);
+            let _ = packet::RelayHeader::decode(bytes);
+        },
+    );
 }
 
 #[test]
@@ -203,7 +220,11 @@ fn stream_preambles_hellos_and_datagrams() {
     };
     let mut datagram = stream::encode_datagram_header(2000, 3000).to_vec();
     datagram.extend_from_slice(b"payload");
-    let seeds = vec![preamble.encode().to_vec(), stream::encode_hello(42).to_vec(), datagram];
+    let seeds = vec![
+        preamble.encode().to_vec(),
+        stream::encode_hello(42).to_vec(),
+        datagram,
+    ];
     fuzz("stream", seeds, |bytes| {
         if let Ok(fixed) = <&[u8; stream::PREAMBLE_LEN]>::try_from(bytes) {
             let _ = stream::Preamble::decode(fixed);
