@@ -26,6 +26,7 @@ use crate::rendezvous::{
     self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, RateLimiter, RegisterError, Registry,
     RendezvousError, unix_now,
 };
+use crate::servers::{KeyCheck, SERVERS_FILE, ServerPins, ServerSpec, SpecError};
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::{canonical, is_link};
@@ -42,6 +43,16 @@ pub const ECHO_PORT: u16 = 7;
 pub const FIRST_APP_PORT: u16 = 1024;
 /// The rendezvous records this node holds, kept across restarts.
 pub const RECORDS_FILE: &str = "rendezvous.records";
+/// Control counters and record seqs start from the wall clock, yet must never repeat when it
+/// steps back: the home keeps a floor a block ahead of the counter, raised before it is used up.
+pub const COUNTER_FILE: &str = "counter.json";
+const COUNTER_BLOCK: u64 = 1 << 32;
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CounterFloor {
+    floor: u64,
+}
+
 /// How long a STUN request to the rendezvous may take before registering without it.
 const STUN_WAIT: Duration = Duration::from_secs(1);
 /// How long a rendezvous gets to answer over UDP before it is tried over TCP.
@@ -94,6 +105,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Server(#[from] SpecError),
     #[error(
         "no record of {0} at this node or its rendezvous servers: is that node running and \
          registered with the same rendezvous?"
@@ -180,6 +193,8 @@ pub struct Daemon {
     pub(crate) records_written: Mutex<Vec<u8>>,
     /// Local API clients served at once (`api::serve`).
     pub(crate) api_clients: Arc<tokio::sync::Semaphore>,
+    pub(crate) counter_floor: Mutex<JsonFile<CounterFloor>>,
+    pub(crate) server_pins: Mutex<JsonFile<ServerPins>>,
 }
 
 impl Daemon {
@@ -200,6 +215,11 @@ impl Daemon {
         let identity = config.home.load_or_create_identity()?;
         let trust = JsonFile::<TrustList>::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
+        let mut counter_floor =
+            JsonFile::<CounterFloor>::load(config.home.dir().join(COUNTER_FILE))?;
+        node.raise_counter(counter_floor.get().floor);
+        let start = node.next_sequence();
+        counter_floor.update(|c| c.floor = start + COUNTER_BLOCK)?;
         node.set_trusted(trust.get().trusted.iter().copied());
         let mut names = JsonFile::<NameBook>::load(config.home.dir().join(NAMES_FILE))?;
         if let Some(hostname) = config.hostname {
@@ -215,32 +235,37 @@ impl Daemon {
             let (loaded, skipped) = registry.load_file(unix_now(), &bytes);
             tracing::info!(loaded, skipped, file = %records_path.display(), "rendezvous records restored");
         }
+        let servers = config
+            .rendezvous
+            .iter()
+            .map(|server| {
+                server.parse::<ServerSpec>()?;
+                Ok(ServerState {
+                    server: server.clone(),
+                    address: None,
+                    registered: false,
+                    observed: None,
+                    last_error: None,
+                    name_refused: None,
+                })
+            })
+            .collect::<Result<Vec<_>, SpecError>>()?;
+        let server_pins = JsonFile::load(config.home.dir().join(SERVERS_FILE))?;
         let daemon = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             monitored: Mutex::new(Default::default()),
             home: config.home,
             node: node.clone(),
             registry: Arc::new(Mutex::new(registry)),
-            servers: Mutex::new(
-                config
-                    .rendezvous
-                    .iter()
-                    .map(|server| ServerState {
-                        server: server.clone(),
-                        address: None,
-                        registered: false,
-                        observed: None,
-                        last_error: None,
-                        name_refused: None,
-                    })
-                    .collect(),
-            ),
+            servers: Mutex::new(servers),
             trust: Mutex::new(trust),
             names: Mutex::new(names),
             requests: Mutex::new(requests),
             records_path,
             records_written: Mutex::new(Vec::new()),
             api_clients: Arc::new(tokio::sync::Semaphore::new(config.max_api_clients)),
+            counter_floor: Mutex::new(counter_floor),
+            server_pins: Mutex::new(server_pins),
             trust_messages_refused: Default::default(),
             limits: Arc::default(),
             request_limiter: Mutex::new(RateLimiter::new(
@@ -337,10 +362,41 @@ impl Daemon {
         endpoints
     }
 
+    /// Raises the counter past a seq a rendezvous holds for this node, unless that seq is
+    /// absurdly far ahead (a hostile server must not exhaust the counter); true if raised.
+    fn move_seq_past(&self, stored: u64) -> bool {
+        const MAX_AHEAD_MICROS: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
+        let now = rendezvous::unix_now().saturating_mul(1_000_000);
+        if stored >= now.saturating_add(MAX_AHEAD_MICROS) {
+            tracing::warn!(
+                stored,
+                "a rendezvous holds a seq of this node's over ten years ahead; not following it"
+            );
+            return false;
+        }
+        tracing::info!(
+            stored,
+            "a newer record of this node was stored before; moving past its seq"
+        );
+        self.node.raise_counter(stored.saturating_add(1));
+        true
+    }
+
+    /// A seq larger than every seq and control counter this node used, across restarts.
+    fn next_seq(&self) -> u64 {
+        let seq = self.node.next_sequence();
+        let mut kept = self.counter_floor.lock().expect("counter floor lock");
+        if seq + COUNTER_BLOCK / 2 > kept.get().floor
+            && let Err(e) = kept.update(|c| c.floor = seq + COUNTER_BLOCK)
+        {
+            tracing::warn!(error = %e, "counter floor not saved: a clock stepped back before the next start could make old counters repeat");
+        }
+        seq
+    }
+
     /// This node's signed record, claiming its name if `with_name`.
     pub(crate) fn own_record(&self, with_name: bool) -> Record {
-        // Microseconds make every new record's seq larger than the last, across restarts.
-        let seq = crate::node::unix_micros();
+        let seq = self.next_seq();
         let expires = unix_now() + RECORD_LIFETIME.as_secs();
         let name = self.own_name().filter(|_| with_name);
         Record::sign(
@@ -457,33 +513,54 @@ impl Daemon {
         if let Some(server) = known.filter(|&server| self.node.is_connected(server)) {
             return Ok(server);
         }
-        let at = tokio::net::lookup_host(spec)
+        let parsed = spec.parse::<ServerSpec>().map_err(|e| e.to_string())?;
+        let host = &parsed.host;
+        let at = tokio::net::lookup_host(host)
             .await
-            .map_err(|e| format!("cannot resolve {spec}: {e}"))?
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
-            .ok_or_else(|| format!("{spec} resolves to no address"))?;
+            .ok_or_else(|| format!("{host} resolves to no address"))?;
         let over_udp = match tokio::time::timeout(UDP_FIRST, self.node.connect_any(at)).await {
-            Ok(Ok(server)) => return Ok(self.reached_server(spec, server)),
+            Ok(Ok(server)) => return self.reached_server(spec, &parsed, server),
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer over UDP within {UDP_FIRST:?}"),
         };
         match self.node.connect_any_over_tcp(at).await {
             Ok(server) => {
                 tracing::info!(server = %spec, "UDP gets no answer; reached the rendezvous over TCP");
-                Ok(self.reached_server(spec, server))
+                self.reached_server(spec, &parsed, server)
             }
             Err(e) => Err(format!("{over_udp}; over TCP: {e}")),
         }
     }
 
     /// Notes which node answered at a configured rendezvous, as soon as it answered: from
-    /// then on it may introduce peers to this node.
-    fn reached_server(&self, spec: &str, server: Address) -> Address {
+    /// then on it may introduce peers to this node. Unless it is not the key given or
+    /// pinned for that server: then it is not used at all.
+    fn reached_server(
+        &self,
+        spec: &str,
+        parsed: &ServerSpec,
+        server: Address,
+    ) -> Result<Address, String> {
+        {
+            let mut pins = self.server_pins.lock().expect("server pins lock");
+            let check = pins.get().check(parsed, server);
+            if let Some(refusal) = check.refusal(parsed, server) {
+                tracing::error!(server = %spec, "{refusal}");
+                return Err(refusal);
+            }
+            if check == KeyCheck::Pin {
+                let host = parsed.host.clone();
+                pins.update(|p| p.pinned.insert(host, server))
+                    .map_err(|e| format!("cannot pin the rendezvous's key: {e}"))?;
+            }
+        }
         let mut servers = self.servers.lock().expect("server state lock");
         if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
             state.address = Some(server);
         }
-        server
+        Ok(server)
     }
 
     /// A verified connection to `target`, found through the rendezvous if need be.
@@ -723,10 +800,16 @@ impl Daemon {
     /// registered here holds it.
     pub(crate) fn register_with_self(&self) -> Result<(), RegisterError> {
         let mut registry = self.registry.lock().expect("registry lock");
-        match registry.register(unix_now(), self.own_record(true)) {
-            Err(RegisterError::NameTaken { .. }) => {
-                registry.register(unix_now(), self.own_record(false))
-            }
+        let mut register =
+            |with_name| match registry.register(unix_now(), self.own_record(with_name)) {
+                // A record from before a clock step back, reloaded from the records file.
+                Err(RegisterError::Stale { stored, .. }) if self.move_seq_past(stored) => {
+                    registry.register(unix_now(), self.own_record(with_name))
+                }
+                other => other,
+            };
+        match register(true) {
+            Err(RegisterError::NameTaken { .. }) => register(false),
             other => other,
         }
     }
@@ -923,7 +1006,7 @@ async fn register_record(
     spec: &str,
     server: Address,
 ) -> Result<SocketAddr, String> {
-    let named = rendezvous::register(&daemon.node, server, daemon.own_record(true)).await;
+    let named = register_fresh(daemon, server, true).await;
     let refused = match &named {
         Err(e @ RendezvousError::NameTaken { .. }) => Some(e.to_string()),
         _ => None,
@@ -938,12 +1021,26 @@ async fn register_record(
         }
     }
     match named {
-        Err(RendezvousError::NameTaken { .. }) => {
-            rendezvous::register(&daemon.node, server, daemon.own_record(false)).await
-        }
+        Err(RendezvousError::NameTaken { .. }) => register_fresh(daemon, server, false).await,
         other => other,
     }
     .map_err(|e| e.to_string())
+}
+
+/// Registers this node's record; if the server holds a newer one (made before this node's
+/// clock stepped back, or before its home was restored), moves past it and registers again.
+async fn register_fresh(
+    daemon: &Daemon,
+    server: Address,
+    with_name: bool,
+) -> Result<SocketAddr, RendezvousError> {
+    let record = daemon.own_record(with_name);
+    match rendezvous::register(&daemon.node, server, record).await {
+        Err(RendezvousError::Stale { stored_seq }) if daemon.move_seq_past(stored_seq) => {
+            rendezvous::register(&daemon.node, server, daemon.own_record(with_name)).await
+        }
+        other => other,
+    }
 }
 
 /// The host's interface addresses that are up, loopback last.

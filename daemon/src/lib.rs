@@ -10,6 +10,7 @@ pub mod names;
 pub mod node;
 pub mod ratelimit;
 pub mod rendezvous;
+pub mod servers;
 pub mod store;
 pub mod streams;
 pub mod transport;

@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use tern_proto::control::{ControlKeys, ControlMessage, Counter, ReplayWindow, peek_addresses};
+use tern_proto::control::{
+    ControlError, ControlKeys, ControlMessage, Counter, ReplayWindow, peek_addresses,
+};
 use tern_proto::packet::{PacketKind, RelayHeader, TernType};
 use tern_proto::stream::{
     DATAGRAM_HEADER_LEN, PREAMBLE_LEN, Preamble, StreamStatus, decode_datagram,
@@ -29,7 +31,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::backoff::accept_patiently;
 use crate::ratelimit::RateLimiter;
 use crate::transport::handshake::{self, HandshakeError, Verified};
-use crate::transport::paths::{Route, canonical, is_link};
+use crate::transport::paths::{Route, is_link, source_key};
 use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted, Relayed};
 use crate::transport::stun;
 
@@ -442,7 +444,8 @@ struct Shared {
     local_addr: SocketAddr,
     buffer_sizes: BufferSizes,
     state: Mutex<State>,
-    control_counter: Mutex<Counter>,
+    /// Sealed control packets' counters and signed records' seqs: one never-repeating count.
+    counter: Mutex<Counter>,
     probe_budget: Mutex<ProbeBudget>,
     limited: LimitCounters,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
@@ -451,6 +454,10 @@ struct Shared {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("node state lock poisoned")
+    }
+
+    fn next_counter(&self) -> u64 {
+        self.counter.lock().expect("counter lock").advance()
     }
 }
 
@@ -495,6 +502,8 @@ pub struct LimitsHit {
     pub probes_limited: u64,
     /// TCP links refused: too many in all or from one IP.
     pub links_refused: u64,
+    /// STUN and control packets dropped: past one source's rate.
+    pub control_packets_limited: u64,
 }
 
 /// A running node. Cloning gives another handle to the same node; it shuts down when the last
@@ -558,7 +567,7 @@ impl Node {
             local_addr,
             buffer_sizes,
             state: Mutex::new(State::default()),
-            control_counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
+            counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
             probe_budget: Mutex::new(ProbeBudget::default()),
             limited: LimitCounters::default(),
             dial_locks: Mutex::new(HashMap::new()),
@@ -589,6 +598,22 @@ impl Node {
 
     pub(crate) fn secret_identity(&self) -> &SecretIdentity {
         &self.shared.identity
+    }
+
+    /// Raises the counter behind sealed control packets and record seqs to at least `floor`
+    /// (kept across restarts, so a clock that stepped back cannot make them repeat).
+    pub fn raise_counter(&self, floor: u64) {
+        self.shared
+            .counter
+            .lock()
+            .expect("counter lock")
+            .raise_to(floor);
+    }
+
+    /// The counter's next value, for a signed record's seq: larger than every seq and control
+    /// counter this node used before.
+    pub fn next_sequence(&self) -> u64 {
+        self.shared.next_counter()
     }
 
     pub fn identity(&self) -> &PublicIdentity {
@@ -626,6 +651,7 @@ impl Node {
             connections_closed: limited.connections_closed.load(Relaxed),
             probes_limited: limited.probes_limited.load(Relaxed),
             links_refused: self.shared.socket.stats.links_refused.load(Relaxed),
+            control_packets_limited: self.shared.socket.stats.diverted_rate_limited.load(Relaxed),
         }
     }
 
@@ -927,11 +953,7 @@ impl Node {
             let txid = random_u64();
             let (answer, rx) = oneshot::channel();
             state.pings.insert(txid, PendingPing { peer, answer });
-            let counter = shared
-                .control_counter
-                .lock()
-                .expect("counter lock")
-                .advance();
+            let counter = shared.next_counter();
             (
                 keys.seal(counter, &ControlMessage::Ping { txid }),
                 to,
@@ -1171,7 +1193,7 @@ async fn with_timeout<T>(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-pub(crate) fn unix_micros() -> u64 {
+fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -1261,13 +1283,7 @@ fn handshake_source(
         true => socket.link_remote(&from).unwrap_or(from),
         false => from,
     };
-    match canonical(from).ip() {
-        std::net::IpAddr::V6(ip) => {
-            let [a, b, c, d, ..] = ip.segments();
-            std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0).into()
-        }
-        v4 => v4,
-    }
+    source_key(from)
 }
 
 /// Inbound handshakes in flight from one source: past the first, an unvalidated source must
@@ -1576,42 +1592,35 @@ fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
 
 fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
     let (from, _) = peek_addresses(&packet.data).ok()?;
-    let mut state = shared.state();
-    let known = state.known.get_mut(&from)?;
-    let keys = known.keys.clone();
-    let message = match keys.open(&packet.data, &mut known.replay) {
-        Ok(message) => message,
-        Err(e) => {
-            tracing::debug!(%from, error = %e, "control packet refused");
-            return None;
+    let keys = shared.state().known.get(&from)?.keys.clone();
+    // Sealing and opening happen outside the node's lock: forged packets cost others no wait.
+    let refused = |e: ControlError| tracing::debug!(%from, error = %e, "control packet refused");
+    let authentic = keys.authenticate(&packet.data).map_err(refused).ok()?;
+    let txid = {
+        let mut state = shared.state();
+        let known = state.known.get_mut(&from)?;
+        match known.replay.admit(authentic).map_err(refused).ok()? {
+            ControlMessage::Ping { txid } => {
+                known.pinged_from = Some(packet.from);
+                txid
+            }
+            ControlMessage::Pong { txid, .. } => {
+                let answers = |p: &PendingPing| p.peer == from;
+                if state.pings.get(&txid).is_some_and(answers)
+                    && let Some(ping) = state.pings.remove(&txid)
+                {
+                    let _ = ping.answer.send(packet.from);
+                }
+                return None;
+            }
         }
     };
-    match message {
-        ControlMessage::Ping { txid } => {
-            known.pinged_from = Some(packet.from);
-            let counter = shared
-                .control_counter
-                .lock()
-                .expect("counter lock")
-                .advance();
-            Some(keys.seal(
-                counter,
-                &ControlMessage::Pong {
-                    txid,
-                    observed: packet.from,
-                },
-            ))
-        }
-        ControlMessage::Pong { txid, .. } => {
-            let answers = |p: &PendingPing| p.peer == from;
-            if state.pings.get(&txid).is_some_and(answers)
-                && let Some(ping) = state.pings.remove(&txid)
-            {
-                let _ = ping.answer.send(packet.from);
-            }
-            None
-        }
-    }
+    let counter = shared.next_counter();
+    let pong = ControlMessage::Pong {
+        txid,
+        observed: packet.from,
+    };
+    Some(keys.seal(counter, &pong))
 }
 
 #[cfg(test)]

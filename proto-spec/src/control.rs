@@ -166,6 +166,12 @@ impl ControlKeys {
         packet: &[u8],
         window: &mut ReplayWindow,
     ) -> Result<ControlMessage, ControlError> {
+        window.admit(self.authenticate(packet)?)
+    }
+
+    /// The first half of [`ControlKeys::open`], needing no window: a node decrypts without
+    /// holding the lock its windows live under, then admits the result.
+    pub fn authenticate(&self, packet: &[u8]) -> Result<Authentic, ControlError> {
         let (from, to) = peek_addresses(packet)?;
         if to != self.me {
             return Err(ControlError::WrongReceiver { to });
@@ -175,9 +181,6 @@ impl ControlKeys {
         }
         let mut r = Reader::new(&packet[13..]);
         let counter = r.u64("counter")?;
-        if !window.is_fresh(counter) {
-            return Err(ControlError::Replay(counter));
-        }
         let plain = self
             .open
             .decrypt(
@@ -188,9 +191,16 @@ impl ControlKeys {
                 },
             )
             .map_err(|_| ControlError::Unauthentic)?;
-        window.mark(counter);
-        Ok(ControlMessage::decode(&plain)?)
+        Ok(Authentic { counter, plain })
     }
+}
+
+/// A packet that passed authentication, not yet checked against replays: its message is only
+/// reachable through [`ReplayWindow::admit`].
+#[derive(Debug)]
+pub struct Authentic {
+    counter: u64,
+    plain: Vec<u8>,
 }
 
 /// Sliding window over the last 128 counters seen from one peer (RFC 6479 style).
@@ -207,6 +217,15 @@ impl ReplayWindow {
             Some(h) if counter > h => true,
             Some(h) => h - counter < 128 && self.seen & (1u128 << (h - counter)) == 0,
         }
+    }
+
+    /// Takes an authentic packet's counter if it was not seen before, and gives its message.
+    pub fn admit(&mut self, packet: Authentic) -> Result<ControlMessage, ControlError> {
+        if !self.is_fresh(packet.counter) {
+            return Err(ControlError::Replay(packet.counter));
+        }
+        self.mark(packet.counter);
+        Ok(ControlMessage::decode(&packet.plain)?)
     }
 
     fn mark(&mut self, counter: u64) {
@@ -227,12 +246,18 @@ impl ReplayWindow {
 
 /// Sending counters: strictly increasing, and starting from the wall clock in microseconds so
 /// that a restarted node is not taken for a replayer by peers that remember its old counters.
+/// A node whose clock may step back also raises it to a floor it kept (see ternd's home).
 #[derive(Debug, Clone)]
 pub struct Counter(u64);
 
 impl Counter {
     pub fn starting_at_unix_micros(micros: u64) -> Self {
         Self(micros)
+    }
+
+    /// Never below `floor` from now on.
+    pub fn raise_to(&mut self, floor: u64) {
+        self.0 = self.0.max(floor);
     }
 
     pub fn advance(&mut self) -> u64 {

@@ -13,7 +13,11 @@
 //!          0x03 Refused    | reason length u16 | reason (UTF-8)
 //!          0x04 Introduced
 //!          0x05 NameTaken  | name (length u8, name) | the holder's address (6)
+//!          0x06 Stale      | the stored record's seq u64
 //! ```
+//! A `Register` whose record's seq is not above the stored one's is answered `Stale`: the
+//! owner (whose clock may have stepped back) raises its counter past that seq and registers
+//! again.
 //! A `Register` whose record claims a name that another key holds is answered `NameTaken`
 //! and not stored; the node registers again without the name. `LookupName` is answered with
 //! the live record that holds the name, which the asker checks carries that name.
@@ -53,6 +57,7 @@ pub enum Answer {
     Refused(String),
     Introduced,
     NameTaken { name: Name, holder: Address },
+    Stale { stored_seq: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,10 @@ impl Answer {
                 put_name(&mut out, Some(name));
                 out.extend_from_slice(&holder.to_bytes());
             }
+            Self::Stale { stored_seq } => {
+                out.push(0x06);
+                out.extend_from_slice(&stored_seq.to_be_bytes());
+            }
         }
         out
     }
@@ -181,6 +190,9 @@ impl Answer {
                 holder: Address::from_bytes(r.array("holder address")?),
             },
             0x03 => Self::Refused(read_reason(&mut r)?),
+            0x06 => Self::Stale {
+                stored_seq: r.u64("stored seq")?,
+            },
             other => return Err(DecodeError::unknown("answer type", other).into()),
         };
         r.finish("rendezvous answer")?;
@@ -223,6 +235,7 @@ mod tests {
                 name,
                 holder: me.address(),
             },
+            Answer::Stale { stored_seq: 7 },
         ] {
             assert!(answer.encode().len() <= MAX_MESSAGE_LEN);
             assert_eq!(Answer::decode(&answer.encode()).unwrap(), answer);

@@ -57,7 +57,12 @@ fn sigkill_during_writes_never_damages_the_home_or_loses_a_confirmed_change() {
         assert_eq!(victim.address, first_address, "round {round}");
     }
     // Every document in the home is whole, and what was confirmed is there.
-    for file in ["trust.json", "names.json", "trust-requests.json"] {
+    for file in [
+        "trust.json",
+        "names.json",
+        "trust-requests.json",
+        "counter.json",
+    ] {
         let path = victim.home.path().join(file);
         if let Ok(bytes) = std::fs::read(&path) {
             serde_json::from_slice::<Value>(&bytes)

@@ -441,3 +441,122 @@ fn connect_from(from: &str, to: SocketAddr) -> Option<std::net::TcpStream> {
     stream.set_nonblocking(false).ok()?;
     Some(stream)
 }
+
+#[test]
+fn a_control_packet_flood_from_one_host_leaves_other_peers_path_checks_answered() {
+    runtime().block_on(async {
+        let (victim, _) = attacker();
+        let (peer, _) = attacker();
+        peer.learn(victim.identity());
+        victim.learn(peer.identity());
+        let victim_at = victim.local_addr();
+        // Sealed control packets claiming to be from `peer` (so each costs a decryption),
+        // from another host as fast as two threads can send.
+        let mut forged = vec![tern_proto::packet::TernType::SealedControl as u8];
+        forged.extend_from_slice(&peer.address().to_bytes());
+        forged.extend_from_slice(&victim.address().to_bytes());
+        forged.resize(1200, 0x5a);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooders: Vec<_> = (0..2)
+            .map(|_| {
+                let (stop, mut forged) = (stop.clone(), forged.clone());
+                std::thread::spawn(move || {
+                    let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
+                    let mut sent = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        forged[13..21].copy_from_slice(&sent.to_be_bytes());
+                        let _ = flooder.send_to(&forged, victim_at);
+                        sent += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut answered = 0;
+        for _ in 0..20 {
+            let check =
+                victim.check_path(peer.address(), peer.local_addr(), Duration::from_secs(1));
+            answered += usize::from(check.await);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for flooder in flooders {
+            flooder.join().unwrap();
+        }
+        assert_eq!(
+            answered,
+            20,
+            "{:?} {:?}",
+            victim.drops(),
+            victim.limits_hit()
+        );
+        assert!(victim.limits_hit().control_packets_limited > 0);
+    });
+}
+
+#[test]
+fn a_node_whose_clock_stepped_back_registers_again_at_once() {
+    let rendezvous = Daemon::start(&[]);
+    let node = Daemon::start(&["--rendezvous", &rendezvous.listen, "--hostname", "drifter"]);
+    node.wait_registered();
+    let at: SocketAddr = rendezvous.listen.parse().unwrap();
+    let me = identity_of(&node);
+    let node = node.restart_after(&["--rendezvous", &rendezvous.listen], || {
+        // While the node is down, its last life's record (signed while its clock ran a day
+        // ahead) reaches the rendezvous: every record the node makes now is older.
+        runtime().block_on(async {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let past = Node::start(me.clone(), socket, Default::default()).unwrap();
+            let server = past.connect_any(at).await.expect("reach the rendezvous");
+            let day_ahead = (unix_now() + 24 * 3600) * 1_000_000;
+            let endpoints = ["192.0.2.1:9".parse().unwrap()];
+            let record = Record::sign(&me, &endpoints, None, day_ahead, unix_now() + 300).unwrap();
+            rendezvous::register(&past, server, record).await.unwrap();
+            past.close().await;
+        })
+    });
+    node.wait_registered();
+    let peer = Daemon::start(&["--rendezvous", &rendezvous.listen]);
+    let (ok, found) = peer.ternctl_json(&["find", "drifter"]);
+    assert!(ok, "{found}\n{}", node.log());
+    assert_eq!(found["data"]["address"], node.address.as_str());
+    let (ok, pong) = peer.ternctl_json(&["ping", "drifter"]);
+    assert!(ok, "{pong}");
+}
+
+#[test]
+fn whoever_takes_over_a_rendezvous_address_is_not_used_unless_the_operator_says_so() {
+    let rendezvous = Daemon::start(&[]);
+    let spec = rendezvous.listen.clone();
+    let node = Daemon::start(&["--rendezvous", &spec]);
+    node.wait_registered();
+    drop(rendezvous);
+    // Another key now answers at the rendezvous's IP and port.
+    let impostor = Daemon::start_in(None, &spec, &[]);
+    let node = node.restart(&["--rendezvous", &spec]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let server = loop {
+        let (_, status) = node.ternctl_json(&["status"]);
+        let server = status["data"]["rendezvous"][0].clone();
+        if server["last_error"].is_string() {
+            break server;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(server["registered"], false, "{server}");
+    assert!(server["address"].is_null(), "{server}");
+    assert!(
+        server["last_error"].as_str().unwrap().contains("pinned"),
+        "{server}"
+    );
+    let (_, at_impostor) = impostor.ternctl_json(&["find", &node.address]);
+    assert_ne!(
+        at_impostor["ok"], true,
+        "the node registered with the impostor"
+    );
+
+    // The operator accepts the new key by giving it.
+    let given = format!("{}@{spec}", impostor.address);
+    let node = node.restart(&["--rendezvous", &given]);
+    node.wait_registered();
+}

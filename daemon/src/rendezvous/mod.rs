@@ -104,6 +104,8 @@ pub enum RendezvousError {
          another name"
     )]
     NameTaken { name: Name, holder: Address },
+    #[error("the rendezvous holds a newer record of this node (seq {stored_seq})")]
+    Stale { stored_seq: u64 },
 }
 
 /// What the rendezvous role of a node works with.
@@ -209,6 +211,9 @@ async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), Rend
                     (Ok(()), None) => Answer::Refused("the connection went away".into()),
                     (Err(RegisterError::NameTaken { name, holder }), _) => {
                         Answer::NameTaken { name, holder }
+                    }
+                    (Err(RegisterError::Stale { stored, .. }), _) => {
+                        Answer::Stale { stored_seq: stored }
                     }
                     (Err(e), _) => Answer::Refused(e.to_string()),
                 }
@@ -327,6 +332,7 @@ pub async fn register(
     match ask(node, server, &Request::Register(Box::new(record))).await? {
         Answer::Registered { observed } => Ok(observed),
         Answer::NameTaken { name, holder } => Err(RendezvousError::NameTaken { name, holder }),
+        Answer::Stale { stored_seq } => Err(RendezvousError::Stale { stored_seq }),
         Answer::Refused(reason) => Err(RendezvousError::Refused(reason)),
         other => Err(RendezvousError::Unexpected(Box::new(other), "register")),
     }

@@ -30,11 +30,14 @@ use tern_proto::packet::{PacketKind, RelayHeader, TernType, classify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::paths::{PathTable, Route, canonical, is_link, link_address};
+use super::paths::{PathTable, Route, canonical, is_link, link_address, source_key};
 use crate::ratelimit::RateLimiter;
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
 const DIVERTED_QUEUE: usize = 4096;
+/// Non-QUIC packets (STUN, control, relay frames the node must look up) one source may queue
+/// for the node each second: a flood from one host cannot crowd the queue for everyone.
+const DIVERTED_PER_SOURCE_PER_SECOND: f64 = 400.0;
 /// QUIC packets that did not come from the UDP socket (unwrapped relay frames, TCP links)
 /// kept waiting for quinn before new ones are dropped.
 const INJECTED_QUEUE: usize = 1024;
@@ -66,6 +69,7 @@ pub struct SocketStats {
     pub relayed_dropped: AtomicU64,
     pub links_refused: AtomicU64,
     pub relay_rate_limited: AtomicU64,
+    pub diverted_rate_limited: AtomicU64,
 }
 
 /// How long a relay trusts what it learnt of where a peer is, before asking the node again.
@@ -115,6 +119,7 @@ pub struct DemuxSocket {
     next_link: AtomicU64,
     relaying: Mutex<Relaying>,
     diverted: mpsc::Sender<Diverted>,
+    diverted_budget: Mutex<RateLimiter<std::net::IpAddr>>,
     pub stats: SocketStats,
 }
 
@@ -153,6 +158,10 @@ impl DemuxSocket {
                 swept: None,
             }),
             diverted: tx,
+            diverted_budget: Mutex::new(RateLimiter::new(
+                DIVERTED_PER_SOURCE_PER_SECOND,
+                2.0 * DIVERTED_PER_SOURCE_PER_SECOND,
+            )),
             stats: SocketStats::default(),
         });
         Ok((socket, rx, sizes))
@@ -265,6 +274,14 @@ impl DemuxSocket {
             }
             PacketKind::Tern(TernType::Relay) if self.relayed_here(from, segment) => {}
             kind => {
+                let mut budget = self.diverted_budget.lock().expect("diverted budget lock");
+                if !budget.allow(std::time::Instant::now(), source_key(from)) {
+                    self.stats
+                        .diverted_rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Sorted::Taken;
+                }
+                drop(budget);
                 let diverted = Diverted {
                     kind,
                     from,
