@@ -830,6 +830,8 @@ impl Daemon {
             "rendezvous": if servers.is_empty() { json!("self") } else { json!(servers) },
             "name": self.own_name(),
             "peers": self.node.peers().len(),
+            // Tasks alive in the daemon's runtime: what a leak of tasks would show first.
+            "tasks": tokio::runtime::Handle::try_current().ok().map(|h| h.metrics().num_alive_tasks()),
             "records_held": self.registry.lock().expect("registry lock").len(),
             "names_held": self.registry.lock().expect("registry lock").names_held(),
             "dropped": self.node.drops(),
@@ -933,6 +935,11 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
             .server
             .clone();
         let outcome = register_once(&d, &spec).await;
+        // A server that restarted (or a path that broke) is registered with again at once.
+        let lost = match &outcome {
+            Ok((server, _)) => Some(d.node.disconnected(*server)),
+            Err(_) => None,
+        };
         let wait = {
             let mut servers = d.servers.lock().expect("server state lock");
             let state = &mut servers[index];
@@ -960,9 +967,21 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
             }
         };
         drop(d);
-        tokio::time::sleep(wait).await;
+        match lost {
+            Some(lost) => tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = async {
+                    lost.await;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                } => tracing::info!(server = %spec, "connection to the rendezvous lost; registering again"),
+            },
+            None => tokio::time::sleep(wait).await,
+        }
     }
 }
+
+/// How long after losing its rendezvous a node tries again (a restarting server needs a moment).
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
     let server = daemon.reach_server(spec).await?;

@@ -763,6 +763,17 @@ impl Node {
         direct_address(&self.shared, peer)
     }
 
+    /// Resolves once the connection to `peer` in use now has closed (at once if there is
+    /// none); holds nothing of the node but that connection.
+    pub fn disconnected(&self, peer: Address) -> impl std::future::Future<Output = ()> + use<> {
+        let connection = self.shared.state().live_connection(peer);
+        async move {
+            if let Some(connection) = connection {
+                connection.closed().await;
+            }
+        }
+    }
+
     /// QUIC's round-trip estimate to a connected peer.
     pub fn rtt(&self, peer: Address) -> Option<Duration> {
         self.shared.state().live_connection(peer).map(|c| c.rtt())
@@ -1383,10 +1394,16 @@ const PIN_CHECK: Duration = Duration::from_secs(1);
 
 /// Serves a connection's incoming streams until it closes, keeping its path pinned (also
 /// after the peer migrated to a new path), then forgets it.
+///
+/// The pin marks a path as the peer's proven one: relay frames are taken from it and, serving
+/// as a relay, the node forwards the peer's frames to it. quinn moves to a new source at its
+/// first packet, before validating it, so a spoofed source would be believed: the pin moves
+/// only once the peer answers a sealed ping on the new path.
 async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Weak<Shared>) {
     // `register` pinned the path the connection was verified on.
     let mut pinned = connection.remote_address();
     let mut pin_check = tokio::time::interval(PIN_CHECK);
+    let mut validating = tokio::task::JoinSet::new();
     let reason = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
@@ -1395,10 +1412,24 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
                 }
                 Err(e) => break e,
             },
-            _ = pin_check.tick() => {
+            _ = pin_check.tick(), if validating.is_empty() => {
                 // Ask quinn first, then take the path lock (never both at once).
                 let now_at = connection.remote_address();
                 if now_at != pinned && let Some(shared) = shared.upgrade() {
+                    let route = shared.socket.paths().route_for(&now_at);
+                    let node = Node { shared };
+                    validating.spawn(async move {
+                        let valid = match route {
+                            Some(Route::Direct(real)) => node.check_path(peer, real, PIN_CHECK).await,
+                            Some(Route::Relay { .. }) => true,
+                            None => false,
+                        };
+                        (now_at, valid)
+                    });
+                }
+            }
+            Some(Ok((now_at, valid))) = validating.join_next() => {
+                if valid && connection.remote_address() == now_at && let Some(shared) = shared.upgrade() {
                     let mut paths = shared.socket.paths();
                     paths.pin(now_at);
                     paths.unpin(pinned);
@@ -1550,13 +1581,15 @@ async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Share
     }
 }
 
-/// The address a connected peer is reached at directly, if it is.
+/// The address a connected peer is reached at directly, if it is, and proven (pinned: see
+/// `serve_streams`).
 fn direct_address(shared: &Shared, peer: Address) -> Option<SocketAddr> {
     // Ask quinn before taking the path lock (see DemuxSocket::paths).
     let synthetic = shared.state().live_connection(peer)?.remote_address();
-    match shared.socket.paths().route_for(&synthetic)? {
-        Route::Direct(real) => Some(real),
-        Route::Relay { .. } => None,
+    let paths = shared.socket.paths();
+    match paths.route_for(&synthetic)? {
+        Route::Direct(real) if paths.is_pinned_direct(real) => Some(real),
+        Route::Direct(_) | Route::Relay { .. } => None,
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
+
+pub mod floods;
 use std::net::{TcpListener, TcpStream};
 
 /// Path of a workspace binary built for this test run (cargo builds them before the tests).
@@ -105,7 +107,10 @@ impl Daemon {
             .arg(home.path())
             .args(["--listen", listen])
             .args(args)
-            .env("RUST_LOG", "debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("TERN_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -129,6 +134,11 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The ternd process's id (for reading its /proc entries).
+    pub fn pid(&self) -> u32 {
+        self._process.0.id()
     }
 
     pub fn ternctl(&self, args: &[&str]) -> Output {

@@ -189,3 +189,66 @@ fn local_clients_that_vanish_mid_stream_leave_the_daemon_serving() {
     let (ok, pong) = a.ternctl_json(&["ping", &b.address]);
     assert!(ok, "{pong}");
 }
+
+#[test]
+fn a_rendezvous_restarted_under_fifty_nodes_has_them_all_back_within_seconds() {
+    use tern_daemon::daemon::{Daemon as Node, DaemonConfig};
+    use tern_daemon::home::Home;
+    const NODES: usize = 50;
+    let rendezvous = Daemon::start(&[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let homes: Vec<_> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let server = rendezvous.listen.clone();
+    let start = |home: &tempfile::TempDir| {
+        let config = DaemonConfig::new(
+            Home::at(home.path()),
+            "127.0.0.1:0".parse().unwrap(),
+            vec![server.clone()],
+        );
+        runtime.block_on(async { Node::start(config).unwrap() })
+    };
+    let nodes: Vec<_> = homes.iter().map(start).collect();
+    let all_registered = |nodes: &[std::sync::Arc<Node>], within: Duration| {
+        let deadline = Instant::now() + within;
+        while !nodes.iter().all(|n| n.status()["registered"] == true) {
+            assert!(
+                Instant::now() < deadline,
+                "not all registered within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    all_registered(&nodes, Duration::from_secs(60));
+
+    let rendezvous = rendezvous.restart(&[]);
+    // Each node notices its rendezvous went (the restarted server resets their connections)
+    // and registers again: the server holds a connection to every one of them, so it can
+    // introduce and relay to each, long before their next refresh a minute later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, status) = rendezvous.ternctl_json(&["status"]);
+        if status["data"]["peers"]
+            .as_u64()
+            .is_some_and(|n| n >= NODES as u64)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    all_registered(&nodes, Duration::from_secs(5));
+    let newcomer_home = tempfile::tempdir().unwrap();
+    let newcomer = start(&newcomer_home);
+    runtime.block_on(async {
+        for node in nodes.iter().step_by(10) {
+            let target = node.status()["address"].as_str().unwrap().parse().unwrap();
+            newcomer.ensure_connected(target).await.unwrap();
+        }
+    });
+    drop(nodes);
+    drop(newcomer);
+}

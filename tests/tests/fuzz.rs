@@ -186,11 +186,46 @@ fn demux_and_relay_frames() {
     fuzz(
         "demux",
         vec![frame, stun, vec![0xc0; 60], vec![0x20; 30]],
-        |bytes| {
-            let _ = packet::classify(bytes);
-            let _ = packet::RelayHeader::decode(bytes);
-        },
+        sort_datagram,
     );
+}
+
+/// What the socket reads of every datagram before quinn or the node see it.
+fn sort_datagram(bytes: &[u8]) {
+    let _ = packet::classify(bytes);
+    let _ = packet::RelayHeader::decode(bytes);
+}
+
+#[test]
+fn tcp_link_framing() {
+    use tern_daemon::transport::socket::read_link_datagram;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let framed = |datagrams: &[&[u8]]| {
+        let mut stream = Vec::new();
+        for datagram in datagrams {
+            stream.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
+            stream.extend_from_slice(datagram);
+        }
+        stream
+    };
+    let seeds = vec![
+        framed(&[&[0x40; 40], &[0x20; 30]]),
+        framed(&[&[0xc0; 1200]]),
+        vec![0xff, 0xff, 1, 2, 3],
+    ];
+    let mut buf = vec![0u8; u16::MAX as usize];
+    let buf = std::cell::RefCell::new(&mut buf);
+    fuzz("link", seeds, |bytes| {
+        let mut stream = bytes;
+        let mut buf = buf.borrow_mut();
+        runtime.block_on(async {
+            while let Ok(len) = read_link_datagram(&mut stream, &mut buf[..]).await {
+                sort_datagram(&buf[..len]);
+            }
+        });
+    });
 }
 
 #[test]

@@ -303,31 +303,8 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
     runtime().block_on(async {
         // Initials that will never be finished, each from its own source address (loopback
         // has 2^24 of them: as good as spoofed).
-        let capture = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let capture_at = capture.local_addr().unwrap();
-        let me = SecretIdentity::generate().unwrap();
-        let tls = tern_daemon::transport::handshake::tls_configs(
-            &me,
-            std::sync::Arc::new(tern_daemon::TransportConfig::default().quic()),
-        );
-        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut sources = Vec::new();
-        for i in 0..400u32 {
-            let ip = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 2) as u8);
-            sources.push(std::net::UdpSocket::bind((ip, 0)).unwrap());
-        }
-        let flood = async {
-            let mut buf = [0u8; 1500];
-            loop {
-                for source in &sources {
-                    let _connecting = client
-                        .connect_with(tls.client.clone(), capture_at, "tern")
-                        .unwrap();
-                    let (n, _) = capture.recv_from(&mut buf).await.unwrap();
-                    let _ = source.send_to(&buf[..n], at);
-                }
-            }
-        };
+        let sources = tern_tests::floods::loopback_sources(400);
+        let flood = tern_tests::floods::unfinished_handshakes(at, &sources, 0);
         let genuine = async {
             // Let the first wave land, then dial while it goes on.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -559,4 +536,115 @@ fn whoever_takes_over_a_rendezvous_address_is_not_used_unless_the_operator_says_
     let given = format!("{}@{spec}", impostor.address);
     let node = node.restart(&["--rendezvous", &given]);
     node.wait_registered();
+}
+
+#[test]
+fn a_relay_never_forwards_to_a_source_the_peer_did_not_prove() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use tern_proto::packet::TernType;
+    runtime().block_on(async {
+        let (relay, _) = attacker();
+        let (a, _) = attacker();
+        let (b, _) = attacker();
+        // A reaches the relay through a forwarder that, on cue, sends A's packets on from the
+        // victim's address instead (as a spoofer would), and never passes the victim's mail.
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let out = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let victim = Arc::new(tokio::net::UdpSocket::bind("127.0.0.3:0").await.unwrap());
+        let (spoofing, relayed_to_victim) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let relay_at = relay.local_addr();
+        let a_at = a.local_addr();
+        let forwarders = [
+            tokio::spawn({
+                let (front, out, victim, spoofing) =
+                    (front.clone(), out.clone(), victim.clone(), spoofing.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let (n, _) = front.recv_from(&mut buf).await.unwrap();
+                        let from = if spoofing.load(Relaxed) {
+                            &victim
+                        } else {
+                            &out
+                        };
+                        let _ = from.send_to(&buf[..n], relay_at).await;
+                    }
+                }
+            }),
+            tokio::spawn({
+                let (front, out) = (front.clone(), out.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let (n, _) = out.recv_from(&mut buf).await.unwrap();
+                        let _ = front.send_to(&buf[..n], a_at).await;
+                    }
+                }
+            }),
+            tokio::spawn({
+                let (victim, counted) = (victim.clone(), relayed_to_victim.clone());
+                async move {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let (n, _) = victim.recv_from(&mut buf).await.unwrap();
+                        if n > 0 && buf[0] == TernType::Relay as u8 {
+                            counted.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }),
+        ];
+        a.connect(relay.address(), front.local_addr().unwrap())
+            .await
+            .unwrap();
+        b.connect(relay.address(), relay_at).await.unwrap();
+        b.learn(a.identity());
+        b.connect_via_relay(a.address(), relay_at).await.unwrap();
+        // Traffic on A's own connection to the relay (so that the relay's quinn sees A's
+        // packets come from the victim), and relayed from B to A (frames the relay must not
+        // send there).
+        let sinks: Vec<_> = [&a, &relay]
+            .into_iter()
+            .map(|node| {
+                let mut listener = node.listen(4000, tern_daemon::Access::Open).unwrap();
+                tokio::spawn(async move {
+                    while let Some(mut stream) = listener.accept().await {
+                        tokio::spawn(async move {
+                            while let Ok(Some(_)) = stream.recv.read_chunk(1 << 16, true).await {}
+                        });
+                    }
+                })
+            })
+            .collect();
+        let sources: Vec<_> = [(b.clone(), a.address()), (a.clone(), relay.address())]
+            .into_iter()
+            .map(|(from, to)| {
+                tokio::spawn(async move {
+                    let chunk = vec![7u8; 16 << 10];
+                    loop {
+                        let Ok(mut stream) = from.open_stream(to, 4000).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        while stream.send.write_all(&chunk).await.is_ok() {}
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        spoofing.store(true, Relaxed);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        for task in forwarders.into_iter().chain(sources).chain(sinks) {
+            task.abort();
+        }
+        assert_eq!(
+            relayed_to_victim.load(Relaxed),
+            0,
+            "the relay sent relay frames to an address the peer never proved"
+        );
+    });
 }

@@ -35,7 +35,8 @@ struct RunArgs {
     /// UDP address to listen on [default: 0.0.0.0:7440; port 0 picks any].
     #[arg(long, value_name = "UDP_ADDR", env = "TERN_LISTEN")]
     listen: Option<SocketAddr>,
-    /// A rendezvous server, HOST:PORT; repeat for several. Env: comma-separated list.
+    /// A rendezvous server, HOST:PORT, or ADDRESS@HOST:PORT to require that key (otherwise
+    /// the first key that answers is pinned); repeat for several. Env: comma-separated list.
     #[arg(
         long,
         value_name = "HOST:PORT",

@@ -380,7 +380,8 @@ impl DemuxSocket {
         }
     }
 
-    /// Carries datagrams over `stream` until it ends; returns the link's address.
+    /// Carries datagrams over `stream` until it ends (each framed as `length u16 || datagram`,
+    /// see [`read_link_datagram`]); returns the link's address.
     pub fn add_link(self: &Arc<Self>, stream: tokio::net::TcpStream) -> io::Result<SocketAddr> {
         let remote = canonical(stream.peer_addr()?);
         let _ = stream.set_nodelay(true);
@@ -415,12 +416,7 @@ impl DemuxSocket {
             let mut buf = vec![0u8; u16::MAX as usize];
             let mut deadline = LINK_FIRST_DATAGRAM;
             loop {
-                let mut header = [0u8; 2];
-                let datagram = async {
-                    reader.read_exact(&mut header).await?;
-                    let len = u16::from_be_bytes(header) as usize;
-                    reader.read_exact(&mut buf[..len]).await
-                };
+                let datagram = read_link_datagram(&mut reader, &mut buf);
                 let len = match tokio::time::timeout(deadline, datagram).await {
                     Ok(Ok(len)) => len,
                     Ok(Err(_)) | Err(_) => break,
@@ -693,4 +689,19 @@ pub fn set_buffer_sizes(socket: &std::net::UdpSocket, bytes: usize) -> BufferSiz
         receive: get(libc::SO_RCVBUF),
         send: get(libc::SO_SNDBUF),
     }
+}
+
+/// Reads one datagram of a TCP link (`length u16 || datagram`) into `buf`; a length past
+/// `buf` is an error, never a panic.
+pub async fn read_link_datagram(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let mut header = [0u8; 2];
+    reader.read_exact(&mut header).await?;
+    let len = u16::from_be_bytes(header) as usize;
+    let datagram = buf
+        .get_mut(..len)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "link datagram too long"))?;
+    reader.read_exact(datagram).await
 }
