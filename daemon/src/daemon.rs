@@ -46,7 +46,10 @@ pub const RECORDS_FILE: &str = "rendezvous.records";
 /// Control counters and record seqs start from the wall clock, yet must never repeat when it
 /// steps back: the home keeps a floor a block ahead of the counter, raised before it is used up.
 pub const COUNTER_FILE: &str = "counter.json";
-const COUNTER_BLOCK: u64 = 1 << 32;
+/// A block of 2^24: far more than a minute's control packets (probes are budgeted at 2000 a
+/// second; seqs are drawn every minute), and small enough that a node restarting in a loop
+/// runs at most 17 s of the clock ahead per restart.
+const COUNTER_BLOCK: u64 = 1 << 24;
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct CounterFloor {
@@ -548,12 +551,16 @@ impl Daemon {
             let check = pins.get().check(parsed, server);
             if let Some(refusal) = check.refusal(parsed, server) {
                 tracing::error!(server = %spec, "{refusal}");
+                drop(pins);
+                self.node.disconnect(server);
                 return Err(refusal);
             }
             if check == KeyCheck::Pin {
                 let host = parsed.host.clone();
-                pins.update(|p| p.pinned.insert(host, server))
-                    .map_err(|e| format!("cannot pin the rendezvous's key: {e}"))?;
+                if let Err(e) = pins.update(|p| p.pinned.insert(host, server)) {
+                    // Still used; pinned on a later connection once the home is writable.
+                    tracing::warn!(server = %spec, error = %e, "the rendezvous's key is not pinned");
+                }
             }
         }
         let mut servers = self.servers.lock().expect("server state lock");
@@ -830,6 +837,7 @@ impl Daemon {
             "rendezvous": if servers.is_empty() { json!("self") } else { json!(servers) },
             "name": self.own_name(),
             "peers": self.node.peers().len(),
+            "paths": self.node.paths_held(),
             // Tasks alive in the daemon's runtime: what a leak of tasks would show first.
             "tasks": tokio::runtime::Handle::try_current().ok().map(|h| h.metrics().num_alive_tasks()),
             "records_held": self.registry.lock().expect("registry lock").len(),
@@ -952,7 +960,6 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
                     state.registered = true;
                     state.observed = Some(observed);
                     state.last_error = None;
-                    backoff.reset();
                     REFRESH_INTERVAL
                 }
                 Err(e) => {
@@ -968,20 +975,19 @@ async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
         };
         drop(d);
         match lost {
+            // Registered: refresh in a while, or at once (after a jittered back-off, so that a
+            // server that keeps dropping its clients is not hammered) when the connection goes.
             Some(lost) => tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = async {
-                    lost.await;
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                } => tracing::info!(server = %spec, "connection to the rendezvous lost; registering again"),
+                _ = tokio::time::sleep(wait) => backoff.reset(),
+                _ = lost => {
+                    tracing::info!(server = %spec, "connection to the rendezvous lost; registering again");
+                    tokio::time::sleep(backoff.failed()).await;
+                }
             },
             None => tokio::time::sleep(wait).await,
         }
     }
 }
-
-/// How long after losing its rendezvous a node tries again (a restarting server needs a moment).
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
     let server = daemon.reach_server(spec).await?;

@@ -535,13 +535,12 @@ impl Node {
         // peers recognise, so their streams fail at once instead of after the idle timeout.
         let reset_key = identity.derive_secret("tern 2026 QUIC stateless reset key");
         let cid_key = identity.derive_secret("tern 2026 QUIC connection ID key");
-        let cid_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 of 32 bytes"));
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
             ring::hmac::HMAC_SHA256,
             &reset_key,
         )));
         endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            Box::new(crate::transport::cid::KeyedConnectionIds::new(cid_key))
         });
         // Keep QUIC's first byte at 0x40 or above so the first-byte demultiplexing holds.
         endpoint_config.grease_quic_bit(false);
@@ -763,6 +762,19 @@ impl Node {
         direct_address(&self.shared, peer)
     }
 
+    /// Entries in the path table (each a path some connection used lately; bounded).
+    pub fn paths_held(&self) -> usize {
+        self.shared.socket.paths().len()
+    }
+
+    /// Closes every connection to `peer`: one this node found it does not want.
+    pub fn disconnect(&self, peer: Address) {
+        let connections = self.shared.state().connections.remove(&peer);
+        for connection in connections.into_iter().flatten() {
+            connection.close(CLOSE_UNWANTED.into(), b"not the expected key");
+        }
+    }
+
     /// Resolves once the connection to `peer` in use now has closed (at once if there is
     /// none); holds nothing of the node but that connection.
     pub fn disconnected(&self, peer: Address) -> impl std::future::Future<Output = ()> + use<> {
@@ -972,8 +984,9 @@ impl Node {
                 rx,
             )
         };
+        let _forget = ForgetPing { shared, txid };
         let started = Instant::now();
-        let outcome = with_timeout(timeout, async {
+        with_timeout(timeout, async {
             shared
                 .socket
                 .send_raw(to, &packet)
@@ -981,9 +994,8 @@ impl Node {
                 .map_err(ProbeError::Send)?;
             answer.await.map_err(|_| ProbeError::ShuttingDown)
         })
-        .await;
-        shared.state().pings.remove(&txid);
-        outcome.map(|_| started.elapsed())
+        .await
+        .map(|_| started.elapsed())
     }
 
     /// Whether `peer` answers a sealed ping at `endpoint` within `timeout` (a direct path
@@ -1195,6 +1207,19 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often hole punching re-sends a probe to each candidate endpoint.
 const PROBE_INTERVAL: Duration = Duration::from_millis(150);
 
+/// Forgets a ping's id however the wait for its pong ends: answered, timed out, or cancelled
+/// (a path check dropped with its connection), so pending pings cannot pile up.
+struct ForgetPing<'a> {
+    shared: &'a Shared,
+    txid: u64,
+}
+
+impl Drop for ForgetPing<'_> {
+    fn drop(&mut self) {
+        self.shared.state().pings.remove(&self.txid);
+    }
+}
+
 async fn with_timeout<T>(
     timeout: Duration,
     probe: impl std::future::Future<Output = Result<T, ProbeError>>,
@@ -1256,6 +1281,8 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
 
 /// QUIC application close code: an identity opened more connections than a node keeps.
 pub const CLOSE_TOO_MANY: u32 = 0x1002;
+/// QUIC application close code: the node will not use this peer (not the key it expected).
+pub const CLOSE_UNWANTED: u32 = 0x1003;
 
 /// The identity hello is the only unidirectional stream; any later one is stopped at once so
 /// its data is never buffered.
@@ -1417,10 +1444,12 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
                 let now_at = connection.remote_address();
                 if now_at != pinned && let Some(shared) = shared.upgrade() {
                     let route = shared.socket.paths().route_for(&now_at);
+                    // A slow path (a loaded mobile link) gets a few round trips to answer.
+                    let patience = (connection.rtt() * 3).max(PIN_CHECK);
                     let node = Node { shared };
                     validating.spawn(async move {
                         let valid = match route {
-                            Some(Route::Direct(real)) => node.check_path(peer, real, PIN_CHECK).await,
+                            Some(Route::Direct(real)) => node.check_path(peer, real, patience).await,
                             Some(Route::Relay { .. }) => true,
                             None => false,
                         };

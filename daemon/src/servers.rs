@@ -42,10 +42,12 @@ impl std::str::FromStr for ServerSpec {
             ),
             None => (None, spec),
         };
-        if host
-            .rsplit_once(':')
-            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-        {
+        let well_formed = host.rsplit_once(':').is_some_and(|(h, p)| {
+            // An IPv6 host needs brackets: `[::1]:7440`.
+            let bracketed = h.starts_with('[') && h.ends_with(']');
+            !h.is_empty() && (bracketed || !h.contains(':')) && p.parse::<u16>().is_ok()
+        });
+        if !well_formed {
             return Err(error(format!("{host:?} is not HOST:PORT")));
         }
         Ok(Self {
@@ -129,7 +131,18 @@ mod tests {
         let given: ServerSpec = format!("{}@127.0.0.1:9", address(5)).parse().unwrap();
         assert_eq!(given.given, Some(address(5)));
         assert_eq!(given.host, "127.0.0.1:9");
-        for bad in ["nope", "zz@127.0.0.1:9", ":9", "host:port", "host:70000"] {
+        assert_eq!(
+            "[::1]:7440".parse::<ServerSpec>().unwrap().host,
+            "[::1]:7440"
+        );
+        for bad in [
+            "nope",
+            "zz@127.0.0.1:9",
+            ":9",
+            "host:port",
+            "host:70000",
+            "::1:7440",
+        ] {
             assert!(bad.parse::<ServerSpec>().is_err(), "{bad}");
         }
     }

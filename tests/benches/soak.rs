@@ -6,7 +6,8 @@
 //! 1.10) and the legitimate traffic's errors (goal: none).
 //!
 //! `cargo build --release --workspace && cargo bench -p tern-tests --bench soak`
-//! (TERN_SOAK_SECS: load duration, default 600; TERN_SOAK_PEERS, default 50).
+//! (TERN_SOAK_SECS: load duration, default 600; TERN_SOAK_PEERS, default 50; TERN_SOAK_LOG:
+//! where to keep the daemon's log, with TERN_TEST_LOG its level, default warn).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -40,6 +41,32 @@ struct Sample {
     threads: u64,
     tasks: u64,
     peers: u64,
+    paths: u64,
+}
+
+/// The median of five samples a second apart, per figure: tasks and memory move with the
+/// streams in flight at the instant.
+fn steady_sample(victim: &Daemon) -> Sample {
+    let mut samples: Vec<Sample> = (0..5)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            sample(victim)
+        })
+        .collect();
+    let mut median = |get: fn(&Sample) -> u64| {
+        samples.sort_by_key(get);
+        get(&samples[2])
+    };
+    Sample {
+        rss_kib: median(|s| s.rss_kib),
+        fds: median(|s| s.fds),
+        threads: median(|s| s.threads),
+        tasks: median(|s| s.tasks),
+        peers: median(|s| s.peers),
+        paths: median(|s| s.paths),
+    }
 }
 
 fn sample(victim: &Daemon) -> Sample {
@@ -63,6 +90,7 @@ fn sample(victim: &Daemon) -> Sample {
         threads: field("Threads:"),
         tasks: doc["data"]["tasks"].as_u64().unwrap_or(0),
         peers: doc["data"]["peers"].as_u64().unwrap_or(0),
+        paths: doc["data"]["paths"].as_u64().unwrap_or(0),
     }
 }
 
@@ -80,14 +108,19 @@ async fn peer_loop(
     traffic: Arc<Traffic>,
 ) {
     let identity = SecretIdentity::generate().expect("random identity");
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let node = Node::start(identity, socket, Default::default()).expect("peer node");
+    let start = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        Node::start(identity.clone(), socket, Default::default()).expect("peer node")
+    };
+    let mut node = start();
     let payload: Vec<u8> = (0..STREAM_BYTES).map(|i| (i * 7) as u8).collect();
     let mut round = 0u64;
     while Instant::now() < until {
         if round % ROUNDS_PER_CONNECTION == 0 {
             if round > 0 {
+                // The peer restarts: same identity, a new socket and connection.
                 node.close().await;
+                node = start();
                 traffic.redials.fetch_add(1, Relaxed);
             }
             if let Err(e) = node.connect(victim, at).await {
@@ -153,7 +186,9 @@ fn main() {
     let peers = env_or("TERN_SOAK_PEERS", 50);
     let warm_up = (load / 10).max(Duration::from_secs(10));
     // SAFETY: set before any other thread of this process starts.
-    unsafe { std::env::set_var("TERN_TEST_LOG", "warn") };
+    if std::env::var_os("TERN_TEST_LOG").is_none() {
+        unsafe { std::env::set_var("TERN_TEST_LOG", "warn") };
+    }
     let victim = Daemon::start(&[]);
     let at: std::net::SocketAddr = victim.listen.parse().expect("listen address");
     let address: Address = victim.address.parse().expect("address");
@@ -186,10 +221,25 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep_until((started + warm_up).into()).await;
-        let warm = sample(&victim);
+        let warm = tokio::task::block_in_place(|| steady_sample(&victim));
         eprintln!("warm-up done after {warm_up:?}: {warm:?}");
-        tokio::time::sleep_until((until - Duration::from_secs(1)).into()).await;
-        let end = sample(&victim);
+        // The trend, a line a minute: growth that levels off is tables and the allocator
+        // filling up; growth that does not is a leak.
+        let mut minute = started + warm_up + Duration::from_secs(60);
+        while minute + Duration::from_secs(6) < until {
+            tokio::time::sleep_until(minute.into()).await;
+            let now = tokio::task::block_in_place(|| sample(&victim));
+            eprintln!(
+                "{:>4} s: RSS {} KiB, tasks {}, paths {}",
+                started.elapsed().as_secs(),
+                now.rss_kib,
+                now.tasks,
+                now.paths
+            );
+            minute += Duration::from_secs(60);
+        }
+        tokio::time::sleep_until((until - Duration::from_secs(6)).into()).await;
+        let end = tokio::task::block_in_place(|| steady_sample(&victim));
         for task in peer_tasks {
             let _ = task.await;
         }
@@ -198,29 +248,37 @@ fn main() {
     });
     stop.store(true, Relaxed);
     let garbage_sent = garbage.join().expect("garbage thread");
-    // Echo streams time out after 30 s idle; handshakes after 5 s.
-    std::thread::sleep(Duration::from_secs(40));
-    let settled = sample(&victim);
+    // What is left once the load stopped goes within the QUIC idle timeout (60 s).
+    let quiet = Instant::now();
+    let mut settled = sample(&victim);
+    while settled.tasks > before.tasks + 2 && quiet.elapsed() < Duration::from_secs(75) {
+        std::thread::sleep(Duration::from_secs(5));
+        settled = sample(&victim);
+    }
+    let settled_after = quiet.elapsed();
     let (_, status) = victim.ternctl_json(&["status"]);
 
     println!(
         "soak: {peers} peers, {load:?} of load ({warm_up:?} warm-up), {GARBAGE_PER_SECOND} garbage datagrams/s, {HANDSHAKES_PER_SECOND} unfinished handshakes/s"
     );
+    println!("(settled: sampled {settled_after:.0?} after the load stopped)");
     println!(
         "{:<10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "", "before", "warm-up", "end", "settled", "end/warm-up"
     );
-    let rows: [(&str, fn(&Sample) -> u64); 5] = [
+    let rows: [(&str, fn(&Sample) -> u64); 6] = [
         ("RSS KiB", |s| s.rss_kib),
         ("fds", |s| s.fds),
         ("threads", |s| s.threads),
         ("tasks", |s| s.tasks),
         ("peers", |s| s.peers),
+        ("paths", |s| s.paths),
     ];
     let mut grew = Vec::new();
     for (name, get) in rows {
         let ratio = get(&end) as f64 / get(&warm).max(1) as f64;
-        if ratio > 1.10 && name != "peers" {
+        // Peers and paths are load, not leaks: bounded tables that the traffic fills.
+        if ratio > 1.10 && !["peers", "paths"].contains(&name) {
             grew.push(name);
         }
         println!(
@@ -247,4 +305,7 @@ fn main() {
         _ => format!("goal missed: grew {grew:?}, {errors} errors"),
     };
     println!("{verdict}");
+    if let Some(path) = std::env::var_os("TERN_SOAK_LOG") {
+        std::fs::write(path, victim.log()).expect("write the daemon's log");
+    }
 }

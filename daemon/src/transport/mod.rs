@@ -2,6 +2,7 @@
 //! control packets; QUIC connections authenticated by raw Ed25519 keys ([`handshake`]); a
 //! path table ([`paths`]) that lets a connection change its real path without noticing.
 
+pub mod cid;
 pub mod handshake;
 pub mod paths;
 pub mod socket;

@@ -114,11 +114,11 @@ pub fn is_link(addr: &SocketAddr) -> bool {
     matches!(addr, SocketAddr::V6(v6) if v6.ip().segments()[..3] == LINK_PREFIX)
 }
 
-/// Whose budget a packet from `from` counts against: its IPv4 address, or its IPv6 /64 (which
-/// one host may hold whole); a TCP link is a source of its own.
+/// Whose budget a packet from `from` (a real address) counts against: its IPv4 address, or
+/// its IPv6 /64, which one host may hold whole.
 pub fn source_key(from: SocketAddr) -> std::net::IpAddr {
     match canonical(from).ip() {
-        std::net::IpAddr::V6(ip) if !is_link(&from) => {
+        std::net::IpAddr::V6(ip) => {
             let [a, b, c, d, ..] = ip.segments();
             std::net::Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0).into()
         }

@@ -274,8 +274,19 @@ impl DemuxSocket {
             }
             PacketKind::Tern(TernType::Relay) if self.relayed_here(from, segment) => {}
             kind => {
+                // A TCP link counts against its peer's IP, so many links buy no more budget.
+                // (Links arrive one datagram at a time, with the path lock not yet taken.)
+                let source = match is_link(&from) {
+                    true => source_key(self.link_remote(&from).unwrap_or(from)),
+                    false => source_key(from),
+                };
+                // Connected peers on their proven paths are not budgeted with strangers: a
+                // flood from many sources cannot starve their pings, pongs and relay frames.
+                let proven = paths
+                    .get_or_insert_with(|| self.paths())
+                    .is_pinned_direct(from);
                 let mut budget = self.diverted_budget.lock().expect("diverted budget lock");
-                if !budget.allow(std::time::Instant::now(), source_key(from)) {
+                if !proven && !budget.allow(std::time::Instant::now(), source) {
                     self.stats
                         .diverted_rate_limited
                         .fetch_add(1, Ordering::Relaxed);
