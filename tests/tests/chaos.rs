@@ -88,18 +88,23 @@ fn sigkill_during_writes_never_damages_the_home_or_loses_a_confirmed_change() {
     assert_eq!(found["data"]["address"], first_address.as_str());
 }
 
-#[test]
-fn a_peer_killed_mid_transfer_fails_the_stream_clearly_and_a_redial_works_after_restart() {
-    let (a, b) = Daemon::pair();
-    let listen = b.serve(&["listen", "4100", "--open"]);
-    let mut connect = Command::new(binary("ternctl"))
+/// `ternctl connect` from `a` to `b`'s port 4100, stdin and stderr piped.
+fn connect_to(a: &Daemon, b: &Daemon) -> std::process::Child {
+    Command::new(binary("ternctl"))
         .args(["--home", a.home.path().to_str().unwrap()])
         .args(["connect", &b.address, "4100"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_peer_killed_mid_transfer_fails_the_stream_clearly_and_a_redial_works_after_restart() {
+    let (a, b) = Daemon::pair();
+    let listen = b.serve(&["listen", "4100", "--open"]);
+    let mut connect = connect_to(&a, &b);
     let mut stdin = connect.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         let chunk = vec![0x5a; 64 << 10];
@@ -142,14 +147,7 @@ fn a_peer_killed_mid_transfer_fails_the_stream_clearly_and_a_redial_works_after_
     let _listen = b.serve(&["listen", "4100", "--open"]);
     let (ok, pong) = a.ternctl_json(&["ping", &b.address]);
     assert!(ok, "{pong}\n{}", a.log());
-    let mut again = Command::new(binary("ternctl"))
-        .args(["--home", a.home.path().to_str().unwrap()])
-        .args(["connect", &b.address, "4100"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut again = connect_to(&a, &b);
     again
         .stdin
         .take()
