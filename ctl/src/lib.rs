@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use serde_json::Value;
-use tern_daemon::api::{FrameIoError, read_frame, write_frame};
-use tern_daemon::home::{Home, HomeError};
+use tern_local::frames::{FrameIoError, read_frame, write_frame};
+use tern_local::home::{Home, HomeError};
 use tern_proto::Address;
 use tern_proto::api::{ApiError, DatagramFrame, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tern_proto::api::{self, DatagramFrame, PAGE_BUDGET, Request, Response, page};
+use tern_proto::api::{DatagramFrame, PAGE_BUDGET, Request, Response, page};
 use tern_proto::{Address, Name};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
+
+pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
 use crate::backoff::accept_patiently;
 use crate::daemon::{Daemon, DaemonError};
@@ -25,38 +27,6 @@ const SPLICE_BUFFER: usize = 64 * 1024;
 const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Reset code when the local side of a splice failed.
 const STREAM_BROKEN: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum FrameIoError {
-    #[error("local API connection failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("bad local API frame: {0}")]
-    Frame(#[from] api::FrameError),
-}
-
-/// Reads one frame; `None` on a clean end of stream before it.
-pub async fn read_frame<T: serde::de::DeserializeOwned>(
-    reader: &mut (impl AsyncRead + Unpin),
-) -> Result<Option<T>, FrameIoError> {
-    let mut header = [0u8; 4];
-    match reader.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let mut body = vec![0u8; api::body_len(header)?];
-    reader.read_exact(&mut body).await?;
-    Ok(Some(api::decode(&body)?))
-}
-
-pub async fn write_frame<T: serde::Serialize>(
-    writer: &mut (impl AsyncWrite + Unpin),
-    message: &T,
-) -> Result<(), FrameIoError> {
-    writer.write_all(&api::encode(message)?).await?;
-    writer.flush().await?;
-    Ok(())
-}
 
 /// Binds the socket, refusing to take it from a daemon that still answers on it.
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {

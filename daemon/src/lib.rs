@@ -5,7 +5,8 @@ pub mod api;
 pub mod backoff;
 pub mod config;
 pub mod daemon;
-pub mod home;
+/// The home directory lives with the local API's frames in `tern-local`, shared with clients.
+pub use tern_local::home;
 pub mod names;
 pub mod node;
 pub mod ratelimit;

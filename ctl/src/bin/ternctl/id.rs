@@ -2,7 +2,7 @@
 
 use crate::output::{Failure, Report};
 use serde_json::json;
-use tern_daemon::home::{Home, HomeError};
+use tern_local::home::{Home, HomeError};
 
 pub fn run(home: &Home) -> Result<Report, Failure> {
     let identity = home.load_identity().map_err(|e| match e {

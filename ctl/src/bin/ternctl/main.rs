@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use output::{Failure, Report, print_failure, print_success};
 use tern_ctl::{Client, ClientError};
-use tern_daemon::home::Home;
+use tern_local::home::Home;
 
 #[derive(Parser)]
 #[command(
