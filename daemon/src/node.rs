@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use tern_proto::control::{
@@ -27,6 +27,7 @@ use tern_proto::stream::{
 use tern_proto::{Address, PublicIdentity, SecretIdentity};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::backoff::accept_patiently;
 use crate::ratelimit::RateLimiter;

@@ -332,7 +332,7 @@ impl Daemon {
                     .request_limiter
                     .lock()
                     .expect("limiter lock")
-                    .allow(std::time::Instant::now(), peer);
+                    .allow(tokio::time::Instant::now(), peer);
                 if !allowed {
                     return Answer::Refused("too many trust requests; wait a minute".into());
                 }

@@ -152,10 +152,10 @@ async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), Rend
         .await
         .map_err(|_| RendezvousError::Timeout)?
         .map_err(|e| RendezvousError::Stream(e.to_string()))?;
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now();
     fn allowed<K: std::hash::Hash + Eq>(
         limiter: &Mutex<RateLimiter<K>>,
-        now: std::time::Instant,
+        now: tokio::time::Instant,
         who: K,
     ) -> bool {
         limiter.lock().expect("rate limiter lock").allow(now, who)

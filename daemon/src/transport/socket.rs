@@ -82,9 +82,9 @@ const MAX_RELAY_ROUTES: usize = 4096;
 /// without leaving the receive path; others go to the node, which looks the peers up.
 #[derive(Debug)]
 struct Relaying {
-    routes: HashMap<Address, (SocketAddr, std::time::Instant)>,
+    routes: HashMap<Address, (SocketAddr, tokio::time::Instant)>,
     limiter: RateLimiter,
-    swept: Option<std::time::Instant>,
+    swept: Option<tokio::time::Instant>,
 }
 
 /// What a relay does with a frame for another node.
@@ -286,7 +286,7 @@ impl DemuxSocket {
                     .get_or_insert_with(|| self.paths())
                     .is_pinned_direct(from);
                 let mut budget = self.diverted_budget.lock().expect("diverted budget lock");
-                if !proven && !budget.allow(std::time::Instant::now(), source) {
+                if !proven && !budget.allow(tokio::time::Instant::now(), source) {
                     self.stats
                         .diverted_rate_limited
                         .fetch_add(1, Ordering::Relaxed);
@@ -309,7 +309,7 @@ impl DemuxSocket {
     /// Serving as a relay: what to do with a frame that arrived from `from`.
     pub fn route_relayed(&self, from: SocketAddr, header: &RelayHeader) -> Relayed {
         let mut relaying = self.relaying.lock().expect("relaying lock");
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let fresh = |peer: Address| {
             relaying
                 .routes
@@ -337,7 +337,7 @@ impl DemuxSocket {
     /// Notes where the node verified that `peer` is connected from (for relaying).
     pub fn learn_relay_route(&self, peer: Address, at: SocketAddr) {
         let mut relaying = self.relaying.lock().expect("relaying lock");
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         if relaying.routes.len() >= MAX_RELAY_ROUTES && !relaying.routes.contains_key(&peer) {
             // A sweep at most once per freshness period: never a scan per frame.
             if relaying
