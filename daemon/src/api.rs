@@ -49,6 +49,12 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    use tracing::Instrument;
+    let span = daemon.node.span();
+    serve_clients(daemon, listener).instrument(span).await
+}
+
+async fn serve_clients(daemon: Arc<Daemon>, listener: UnixListener) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     loop {
@@ -65,7 +71,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
             continue;
         }
         let daemon = daemon.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let _place = place;
             if let Err(e) = handle_client(&daemon, stream).await {
                 tracing::debug!(error = %e, "local API client ended");

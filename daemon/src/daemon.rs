@@ -218,6 +218,8 @@ impl Daemon {
         let identity = config.home.load_or_create_identity()?;
         let trust = JsonFile::<TrustList>::load(config.home.dir().join(TRUST_FILE))?;
         let node = Node::start(identity, socket, config.transport)?;
+        let span = node.span();
+        let _in_span = span.enter();
         let mut counter_floor =
             JsonFile::<CounterFloor>::load(config.home.dir().join(COUNTER_FILE))?;
         node.raise_counter(counter_floor.get().floor);
@@ -280,7 +282,7 @@ impl Daemon {
         });
         let claimed = Arc::new(tokio::sync::Notify::new());
         let me = Arc::downgrade(&daemon);
-        tokio::spawn(rendezvous::serve(Arc::new(rendezvous::Service {
+        crate::spawn(rendezvous::serve(Arc::new(rendezvous::Service {
             node: node.clone(),
             registry: daemon.registry.clone(),
             limits: daemon.limits.clone(),
@@ -292,20 +294,20 @@ impl Daemon {
         let echo = node
             .listen(ECHO_PORT, Access::Open)
             .expect("a fresh node has no listener on the echo port");
-        tokio::spawn(serve_echo(echo));
+        crate::spawn(serve_echo(echo));
         let trust_requests = node
             .listen(TRUST_REQUEST_PORT, Access::Open)
             .expect("a fresh node has no listener on the trust request port");
-        tokio::spawn(crate::trust_requests::serve(
+        crate::spawn(crate::trust_requests::serve(
             Arc::downgrade(&daemon),
             trust_requests,
         ));
-        tokio::spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
-        tokio::spawn(refresh_own_record(Arc::downgrade(&daemon)));
-        tokio::spawn(persist_records(Arc::downgrade(&daemon), claimed));
-        tokio::spawn(report_limits(Arc::downgrade(&daemon)));
+        crate::spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
+        crate::spawn(refresh_own_record(Arc::downgrade(&daemon)));
+        crate::spawn(persist_records(Arc::downgrade(&daemon), claimed));
+        crate::spawn(report_limits(Arc::downgrade(&daemon)));
         for index in 0..config.rendezvous.len() {
-            tokio::spawn(keep_registered(Arc::downgrade(&daemon), index));
+            crate::spawn(keep_registered(Arc::downgrade(&daemon), index));
         }
         Ok(daemon)
     }
@@ -713,7 +715,7 @@ impl Daemon {
             return;
         }
         let (me, candidates) = (self.me.clone(), record.endpoints.clone());
-        tokio::spawn(async move {
+        crate::spawn(async move {
             traversal::run(me.clone(), target, relay, server, candidates, path).await;
             if let Some(d) = me.upgrade() {
                 d.monitored.lock().expect("monitor lock").remove(&target);
@@ -860,7 +862,7 @@ const ECHO_IDLE: Duration = Duration::from_secs(30);
 
 async fn serve_echo(mut listener: Listener) {
     while let Some(stream) = listener.accept().await {
-        tokio::spawn(echo(stream));
+        crate::spawn(echo(stream));
     }
 }
 

@@ -20,3 +20,14 @@ pub mod trust;
 pub mod trust_requests;
 
 pub use node::{Access, DialError, Listener, Node, OverlayStream, PeerInfo, TransportConfig};
+
+/// Starts a task in the span it is started from: a node's tasks (and theirs) carry the node's
+/// span (`Node::span`), so with many nodes in one process each log line says whose it is.
+pub(crate) fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(task.in_current_span())
+}

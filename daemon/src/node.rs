@@ -450,6 +450,8 @@ struct Shared {
     probe_budget: Mutex<ProbeBudget>,
     limited: LimitCounters,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every task of this node runs in it (`crate::spawn`).
+    span: tracing::Span,
 }
 
 impl Shared {
@@ -521,6 +523,9 @@ impl Node {
         socket: std::net::UdpSocket,
         config: TransportConfig,
     ) -> Result<Self, NodeError> {
+        // Every task started below (quinn's drivers too) runs in the node's span.
+        let span = tracing::info_span!("node", address = %identity.address());
+        let _in_span = span.enter();
         socket.set_nonblocking(true).map_err(NodeError::Socket)?;
         let (demux, diverted, buffer_sizes) = DemuxSocket::new(
             socket,
@@ -553,7 +558,6 @@ impl Node {
         )
         .map_err(NodeError::Endpoint)?;
         tracing::info!(
-            address = %identity.address(),
             %local_addr,
             receive_buffer = buffer_sizes.receive,
             send_buffer = buffer_sizes.send,
@@ -572,20 +576,21 @@ impl Node {
             limited: LimitCounters::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
+            span: span.clone(),
         });
-        tokio::spawn(accept_loop(
+        crate::spawn(accept_loop(
             endpoint,
             Arc::downgrade(&shared),
             Arc::new(Semaphore::new(shared.config.max_handshakes)),
         ));
-        tokio::spawn(control_loop(diverted, Arc::downgrade(&shared)));
+        crate::spawn(control_loop(diverted, Arc::downgrade(&shared)));
         // Nodes whose network blocks UDP reach this one over TCP, on the same port.
         match std::net::TcpListener::bind(local_addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
         {
             Ok(listener) => {
-                tokio::spawn(accept_links(listener, Arc::downgrade(&shared)));
+                crate::spawn(accept_links(listener, Arc::downgrade(&shared)));
             }
             Err(e) => tracing::warn!(%local_addr, error = %e, "no TCP links: cannot listen on TCP"),
         }
@@ -594,6 +599,11 @@ impl Node {
 
     pub fn address(&self) -> Address {
         self.shared.identity.address()
+    }
+
+    /// The node's tracing span (its address): tasks started in it belong to the node.
+    pub fn span(&self) -> tracing::Span {
+        self.shared.span.clone()
     }
 
     pub(crate) fn secret_identity(&self) -> &SecretIdentity {
@@ -1238,6 +1248,8 @@ fn unix_micros() -> u64 {
 
 /// Records a verified connection and starts serving it.
 fn register(shared: &Arc<Shared>, verified: Verified) {
+    // Dials run in their caller's task: the connection's logs and tasks are the node's.
+    let _in_span = shared.span.enter();
     let Verified { connection, peer } = verified;
     let address = peer.address();
     let synthetic = connection.remote_address();
@@ -1271,13 +1283,13 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         state.learn(&shared.identity, &peer);
     }
     tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");
-    tokio::spawn(serve_datagrams(
+    crate::spawn(serve_datagrams(
         connection.clone(),
         address,
         Arc::downgrade(shared),
     ));
-    tokio::spawn(refuse_uni_streams(connection.clone()));
-    tokio::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
+    crate::spawn(refuse_uni_streams(connection.clone()));
+    crate::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
 }
 
 /// QUIC application close code: an identity opened more connections than a node keeps.
@@ -1391,7 +1403,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
         let me = node.identity.clone();
         drop(node);
         let (shared, in_flight) = (shared.clone(), in_flight.clone());
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let _permit = permit;
             let outcome = tokio::time::timeout(timeout, async {
                 let connecting = incoming.accept().map_err(HandshakeError::from)?;
@@ -1436,7 +1448,7 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    tokio::spawn(answer_stream(send, recv, peer, shared.clone()));
+                    crate::spawn(answer_stream(send, recv, peer, shared.clone()));
                 }
                 Err(e) => break e,
             },

@@ -394,7 +394,7 @@ pub async fn retell(daemon: std::sync::Weak<Daemon>) {
 pub async fn serve(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
     while let Some(mut stream) = listener.accept().await {
         let daemon = daemon.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let read = tokio::time::timeout(
                 Duration::from_secs(10),
                 stream.recv.read_to_end(trust_request::MAX_MESSAGE_LEN),

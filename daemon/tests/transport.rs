@@ -342,3 +342,46 @@ async fn a_relay_rate_limits_each_peer_and_relayed_streams_still_arrive_whole() 
     assert_eq!(sha(&received), sha(&data));
     assert!(relay.drops().relay_rate_limited > 0, "{:?}", relay.drops());
 }
+
+/// Log lines written to memory, for checking what a node logs.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Many nodes in one process (the simulator's case): each log line says whose it is.
+#[tokio::test]
+async fn every_node_logs_in_its_own_span() {
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let (a, b) = (node(0), node(1));
+    a.connect(b.address(), b.local_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    for (me, peer) in [(&a, &b), (&b, &a)] {
+        let verified = format!("connection verified peer={}", peer.address());
+        let line = text
+            .lines()
+            .find(|l| l.contains(&verified))
+            .unwrap_or_else(|| panic!("no {verified:?} in\n{text}"));
+        assert!(
+            line.contains(&format!("node{{address={}}}", me.address())),
+            "{line}"
+        );
+    }
+}

@@ -306,8 +306,19 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
         let sources = tern_tests::floods::loopback_sources(400);
         let flood = tern_tests::floods::unfinished_handshakes(at, &sources, 0);
         let genuine = async {
-            // Let the first wave land, then dial while it goes on.
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // Dial once the flood has the victim asking sources to prove their address.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let (_, status) = victim.ternctl_json(&["status"]);
+                if status["data"]["limits_hit"]["handshakes_retried"].as_u64() > Some(0) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the flood never filled the slots: {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let (node, _) = attacker();
             node.connect_any(at).await
         };
@@ -340,13 +351,17 @@ fn a_flood_of_long_trust_requests_is_listed_whole_and_printed_harmlessly() {
             .map(|_| tokio::task::spawn_blocking(SecretIdentity::generate))
             .collect();
         let mut sends = tokio::task::JoinSet::new();
+        // All from one IP: at most 64 handshakes from one source are let in at once.
+        let dials = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
         for (n, identity) in identities.into_iter().enumerate() {
             let identity = identity.await.unwrap().unwrap();
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             let node = Node::start(identity.clone(), socket, small.clone()).unwrap();
             let mut reason = format!("agent {n} \u{1b}[2J\u{1b}[31mAPPROVED ");
             reason.extend(std::iter::repeat_n('x', MAX_REASON_LEN - reason.len()));
+            let dials = dials.clone();
             sends.spawn(async move {
+                let _dialling = dials.acquire().await.expect("open semaphore");
                 node.connect(victim_address, at)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -131,7 +131,7 @@ pub async fn serve(service: Arc<Service>) {
     };
     while let Some(stream) = listener.accept().await {
         let service = service.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             if let Err(e) = answer(stream, &service).await {
                 tracing::debug!(error = %e, "rendezvous request failed");
             }
@@ -267,7 +267,7 @@ async fn introduce(service: &Service, asker: Address, target: Address, record: R
         node.learn(&record.identity);
         let candidates = probe_candidates(&record.endpoints, server_at, Asker::Peer);
         let node = node.clone();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let answered = node.probe(peer, &candidates, PUNCH_WINDOW).await;
             tracing::debug!(%peer, ?answered, "punched towards an introduced peer");
         });

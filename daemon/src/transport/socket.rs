@@ -412,7 +412,7 @@ impl DemuxSocket {
             links.insert(link, Link { frames, remote });
         }
         let (mut reader, mut writer) = stream.into_split();
-        tokio::spawn(async move {
+        crate::spawn(async move {
             while let Some(datagram) = queued.recv().await {
                 let header = (datagram.len() as u16).to_be_bytes();
                 if writer.write_all(&header).await.is_err()
@@ -423,7 +423,7 @@ impl DemuxSocket {
             }
         });
         let socket = Arc::downgrade(self);
-        tokio::spawn(async move {
+        crate::spawn(async move {
             let mut buf = vec![0u8; u16::MAX as usize];
             let mut deadline = LINK_FIRST_DATAGRAM;
             loop {
