@@ -78,18 +78,13 @@ pub enum KeyCheck {
 impl ServerPins {
     pub fn check(&self, spec: &ServerSpec, answered: Address) -> KeyCheck {
         let pinned = self.pinned.get(&spec.host).copied();
-        match (spec.given, pinned) {
-            (Some(given), _) if given != answered => KeyCheck::Mismatch {
-                expected: given,
-                given: true,
-            },
-            (Some(_), Some(pinned)) if pinned == answered => KeyCheck::Matches,
-            (Some(_), _) | (None, None) => KeyCheck::Pin,
-            (None, Some(pinned)) if pinned == answered => KeyCheck::Matches,
-            (None, Some(expected)) => KeyCheck::Mismatch {
+        match spec.given.or(pinned) {
+            Some(expected) if expected != answered => KeyCheck::Mismatch {
                 expected,
-                given: false,
+                given: spec.given.is_some(),
             },
+            _ if pinned == Some(answered) => KeyCheck::Matches,
+            _ => KeyCheck::Pin,
         }
     }
 }

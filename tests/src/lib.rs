@@ -176,11 +176,28 @@ impl Daemon {
 
     /// Waits until the daemon reports it registered with its rendezvous.
     pub fn wait_registered(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.ternctl_json(&["status"]).1["data"]["registered"] != true {
+        self.wait_status(Duration::from_secs(20), "registered", |s| {
+            s["registered"] == true
+        });
+    }
+
+    /// Waits (at most `within`) until `check` holds for the daemon's status (`data`), and
+    /// gives that status; fails with the last status and the daemon's log.
+    pub fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.ternctl_json(&["status"]).1["data"].take();
+            if check(&status) {
+                return status;
+            }
             assert!(
                 Instant::now() < deadline,
-                "never registered:\n{}",
+                "never {what} within {within:?}: {status}\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));

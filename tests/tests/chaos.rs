@@ -88,11 +88,11 @@ fn sigkill_during_writes_never_damages_the_home_or_loses_a_confirmed_change() {
     assert_eq!(found["data"]["address"], first_address.as_str());
 }
 
-/// `ternctl connect` from `a` to `b`'s port 4100, stdin and stderr piped.
-fn connect_to(a: &Daemon, b: &Daemon) -> std::process::Child {
+/// `ternctl connect` from `a` to `b`'s `port`, stdin and stderr piped.
+fn connect_to(a: &Daemon, b: &Daemon, port: &str) -> std::process::Child {
     Command::new(binary("ternctl"))
         .args(["--home", a.home.path().to_str().unwrap()])
-        .args(["connect", &b.address, "4100"])
+        .args(["connect", &b.address, port])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -104,7 +104,7 @@ fn connect_to(a: &Daemon, b: &Daemon) -> std::process::Child {
 fn a_peer_killed_mid_transfer_fails_the_stream_clearly_and_a_redial_works_after_restart() {
     let (a, b) = Daemon::pair();
     let listen = b.serve(&["listen", "4100", "--open"]);
-    let mut connect = connect_to(&a, &b);
+    let mut connect = connect_to(&a, &b, "4100");
     let mut stdin = connect.stdin.take().unwrap();
     let feeder = std::thread::spawn(move || {
         let chunk = vec![0x5a; 64 << 10];
@@ -147,7 +147,7 @@ fn a_peer_killed_mid_transfer_fails_the_stream_clearly_and_a_redial_works_after_
     let _listen = b.serve(&["listen", "4100", "--open"]);
     let (ok, pong) = a.ternctl_json(&["ping", &b.address]);
     assert!(ok, "{pong}\n{}", a.log());
-    let mut again = connect_to(&a, &b);
+    let mut again = connect_to(&a, &b, "4100");
     again
         .stdin
         .take()
@@ -167,14 +167,7 @@ fn local_clients_that_vanish_mid_stream_leave_the_daemon_serving() {
     let (a, b) = Daemon::pair();
     let _listen = b.serve(&["listen", "4200", "--open"]);
     for _ in 0..20 {
-        let mut connect = Command::new(binary("ternctl"))
-            .args(["--home", a.home.path().to_str().unwrap()])
-            .args(["connect", &b.address, "4200"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut connect = connect_to(&a, &b, "4200");
         let _ = connect.stdin.as_mut().unwrap().write_all(&[1; 10_000]);
         std::thread::sleep(Duration::from_millis(10));
         let _ = connect.kill();
@@ -226,18 +219,9 @@ fn a_rendezvous_restarted_under_fifty_nodes_has_them_all_back_within_seconds() {
     // Each node notices its rendezvous went (the restarted server resets their connections)
     // and registers again: the server holds a connection to every one of them, so it can
     // introduce and relay to each, long before their next refresh a minute later.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, status) = rendezvous.ternctl_json(&["status"]);
-        if status["data"]["peers"]
-            .as_u64()
-            .is_some_and(|n| n >= NODES as u64)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    rendezvous.wait_status(Duration::from_secs(30), "connected to every node", |s| {
+        s["peers"].as_u64().is_some_and(|n| n >= NODES as u64)
+    });
     all_registered(&nodes, Duration::from_secs(5));
     let newcomer_home = tempfile::tempdir().unwrap();
     let newcomer = start(&newcomer_home);

@@ -525,16 +525,10 @@ fn whoever_takes_over_a_rendezvous_address_is_not_used_unless_the_operator_says_
     // Another key now answers at the rendezvous's IP and port.
     let impostor = Daemon::start_in(None, &spec, &[]);
     let node = node.restart(&["--rendezvous", &spec]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let server = loop {
-        let (_, status) = node.ternctl_json(&["status"]);
-        let server = status["data"]["rendezvous"][0].clone();
-        if server["last_error"].is_string() {
-            break server;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = node.wait_status(Duration::from_secs(20), "refused the impostor", |s| {
+        s["rendezvous"][0]["last_error"].is_string()
+    });
+    let server = &status["rendezvous"][0];
     assert_eq!(server["registered"], false, "{server}");
     assert!(server["address"].is_null(), "{server}");
     assert!(

@@ -15,15 +15,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Waits until `check` holds for `node`'s status, or fails with its log.
-fn wait_status(node: &Daemon, what: &str, check: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check(&node.ternctl_json(&["status"]).1["data"]) {
-        assert!(Instant::now() < deadline, "never {what}:\n{}", node.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_node_is_reached_by_name_and_a_second_key_cannot_claim_it() {
     let alpha = Daemon::start(&["--hostname", "alpha"]);
@@ -54,7 +45,7 @@ fn a_node_is_reached_by_name_and_a_second_key_cannot_claim_it() {
 
     // Another key asks for the same name, at start and later: refused, naming the holder.
     let c = Daemon::start(&["--rendezvous", &alpha.listen, "--hostname", "alpha"]);
-    wait_status(&c, "told the name is taken", |s| {
+    c.wait_status(Duration::from_secs(20), "told the name is taken", |s| {
         s["rendezvous"][0]["name_refused"]
             .as_str()
             .is_some_and(|why| why.contains(&alpha.address))
