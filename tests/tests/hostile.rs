@@ -657,3 +657,92 @@ fn a_relay_never_forwards_to_a_source_the_peer_did_not_prove() {
         );
     });
 }
+
+#[test]
+fn one_identity_keeps_at_most_four_connections_and_an_idle_echo_stream_is_reset() {
+    let victim = Daemon::start(&[]);
+    let at: SocketAddr = victim.listen.parse().unwrap();
+    let victim_address = victim.address.parse().unwrap();
+    runtime().block_on(async {
+        // Ten nodes with one key, each holding its own connection to the victim.
+        let (first, me) = attacker();
+        let mut nodes = vec![first];
+        for _ in 1..10 {
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            nodes.push(Node::start(me.clone(), socket, Default::default()).unwrap());
+        }
+        for node in &nodes {
+            node.connect(victim_address, at).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let closed = nodes
+            .iter()
+            .filter(|n| !n.is_connected(victim_address))
+            .count();
+        assert_eq!(
+            closed, 6,
+            "the victim keeps the newest 4 connections of one identity"
+        );
+
+        // An echo stream that goes quiet is reset, not kept (and buffered) for ever.
+        let newest = nodes.last().unwrap();
+        let mut stream = newest
+            .open_stream(victim_address, tern_daemon::daemon::ECHO_PORT)
+            .await
+            .unwrap();
+        stream.send.write_all(b"x").await.unwrap();
+        let mut echoed = [0u8; 1];
+        stream.recv.read_exact(&mut echoed).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(40), stream.recv.read(&mut echoed))
+            .await
+            .expect("an idle echo stream ends within its idle timeout");
+        assert!(ended.is_err(), "reset, not finished cleanly: {ended:?}");
+    });
+    let (_, status) = victim.ternctl_json(&["status"]);
+    assert!(
+        status["data"]["limits_hit"]["connections_closed"].as_u64() >= Some(6),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_home_others_can_write_is_refused_and_home_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Daemon::start(&[]);
+    let (ok, _) = node.ternctl_json(&["trust", "add", "7e57:0000:0001"]);
+    assert!(ok);
+    for file in ["identity.key", "trust.json", "counter.json"] {
+        let mode = std::fs::metadata(node.home.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file} has mode {mode:o}");
+    }
+    // Another local user could swap the identity or the socket in such a home.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut ternd = tern_tests::Guard(
+        std::process::Command::new(tern_tests::binary("ternd"))
+            .arg("--home")
+            .arg(shared.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = ternd.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ternd started in a home others can write"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut ternd.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("writable by others"), "{stderr}");
+}
