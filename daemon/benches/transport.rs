@@ -6,8 +6,9 @@ use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tern_daemon::env::os::{OsEnv, set_buffer_sizes, wrap_udp};
 use tern_daemon::transport::handshake::{self, finish_dial};
-use tern_daemon::transport::socket::{DemuxSocket, set_buffer_sizes};
+use tern_daemon::transport::socket::DemuxSocket;
 use tern_daemon::{Node, TransportConfig};
 use tern_proto::SecretIdentity;
 
@@ -74,8 +75,8 @@ async fn plain_quinn_throughput(
     buffers: Option<usize>,
 ) -> Duration {
     let quic = Arc::new(TransportConfig::default().quic());
-    let server_tls = handshake::tls_configs(b, quic.clone());
-    let client_tls = handshake::tls_configs(a, quic);
+    let server_tls = handshake::tls_configs(b, quic.clone(), &OsEnv);
+    let client_tls = handshake::tls_configs(a, quic, &OsEnv);
     let bind = || {
         let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
         if let Some(bytes) = buffers {
@@ -133,12 +134,13 @@ async fn handshakes(
     parallel: usize,
 ) -> (Vec<Duration>, Duration) {
     let quic = Arc::new(TransportConfig::default().quic());
-    let tls = handshake::tls_configs(me, quic);
-    let (socket, _diverted, _) = DemuxSocket::new(
-        UdpSocket::bind("127.0.0.1:0").expect("bind"),
-        8 << 20,
+    let tls = handshake::tls_configs(me, quic, &OsEnv);
+    let bound = wrap_udp(UdpSocket::bind("127.0.0.1:0").expect("bind"), 8 << 20).expect("socket");
+    let (socket, _diverted) = DemuxSocket::new(
+        bound.socket,
         me.address(),
         TransportConfig::default().relay_packets_per_second,
+        Default::default(),
     )
     .expect("socket");
     let mut config = quinn::EndpointConfig::default();
@@ -201,8 +203,8 @@ fn main() {
             (a.join().expect("a"), b.join().expect("b"))
         });
         let config = TransportConfig::default();
-        let a = Node::start(ida.clone(), UdpSocket::bind("127.0.0.1:0").expect("bind"), config.clone()).expect("node a");
-        let b = Node::start(idb.clone(), UdpSocket::bind("127.0.0.1:0").expect("bind"), config).expect("node b");
+        let a = tern_daemon::env::os::start_node(ida.clone(), UdpSocket::bind("127.0.0.1:0").expect("bind"), config.clone()).expect("node a");
+        let b = tern_daemon::env::os::start_node(idb.clone(), UdpSocket::bind("127.0.0.1:0").expect("bind"), config).expect("node b");
         a.connect(b.address(), b.local_addr()).await.expect("connect");
         println!(
             "loopback, {} MiB per transfer, socket buffers granted: {} KiB receive / {} KiB send",

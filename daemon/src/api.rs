@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -17,6 +17,7 @@ pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
 use crate::backoff::accept_patiently;
 use crate::daemon::{Daemon, DaemonError};
+use crate::env::LinkIo;
 use crate::node::{DialError, OverlayStream};
 use crate::streams::{Outcome, StreamHandle, wait_outcome};
 
@@ -48,18 +49,17 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
-    use tracing::Instrument;
-    let span = daemon.node.span();
-    serve_clients(daemon, listener).instrument(span).await
-}
-
-async fn serve_clients(daemon: Arc<Daemon>, listener: UnixListener) {
+/// Serves the local API on `listener` until the daemon goes (`Daemon::serve_api` runs it as
+/// one of the node's tasks).
+pub async fn serve(daemon: Weak<Daemon>, listener: UnixListener) {
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     loop {
         // At the limit, new clients wait in the kernel's queue until a place frees up.
-        let Ok(place) = daemon.api_clients.clone().acquire_owned().await else {
+        let Some(clients) = daemon.upgrade().map(|d| d.api_clients.clone()) else {
+            return;
+        };
+        let Ok(place) = clients.acquire_owned().await else {
             return;
         };
         let (stream, _) = accept_patiently("local API", || listener.accept()).await;
@@ -70,10 +70,12 @@ async fn serve_clients(daemon: Arc<Daemon>, listener: UnixListener) {
             tracing::warn!("local API client of another user refused");
             continue;
         }
-        let daemon = daemon.clone();
-        crate::spawn(async move {
+        let Some(daemon) = daemon.upgrade() else {
+            return;
+        };
+        daemon.node.clone().spawn(async move {
             let _place = place;
-            if let Err(e) = handle_client(&daemon, stream).await {
+            if let Err(e) = serve_client(&daemon, stream).await {
                 tracing::debug!(error = %e, "local API client ended");
             }
         });
@@ -144,7 +146,9 @@ fn answer(result: Result<Value, DaemonError>) -> Response {
     }
 }
 
-async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), FrameIoError> {
+/// Serves one local API client over any byte stream: the Unix socket's, or an in-memory pipe
+/// of a simulated app. Whoever calls this has checked who the client is.
+pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(), FrameIoError> {
     loop {
         let request =
             match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut client)).await {
@@ -298,7 +302,7 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
                 )
                 .await?;
                 // The port is held while this connection lives; its datagrams are pushed here.
-                let (mut reader, mut writer) = client.into_split();
+                let (mut reader, mut writer) = tokio::io::split(client);
                 let mut sink = [0u8; 64];
                 loop {
                     tokio::select! {
@@ -381,7 +385,7 @@ async fn handle_client(daemon: &Daemon, mut client: UnixStream) -> Result<(), Fr
 /// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
 /// A failure, or a `reset` request, resets the QUIC stream so the peer sees a broken stream
 /// rather than a clean end.
-async fn splice(mut client: UnixStream, mut stream: OverlayStream, handle: StreamHandle) {
+async fn splice<S: LinkIo>(mut client: S, mut stream: OverlayStream, handle: StreamHandle) {
     enum End {
         Copied(std::io::Result<(u64, u64)>),
         ResetRequested(u32),

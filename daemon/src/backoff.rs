@@ -9,23 +9,36 @@ pub struct Backoff {
     first: Duration,
     max: Duration,
     next: Duration,
+    /// splitmix64 state for the jitter, seeded by the caller (from its env's randomness).
+    jitter: u64,
 }
 
 impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
+    pub fn new(first: Duration, max: Duration, seed: u64) -> Self {
         Self {
             first,
             max,
             next: first,
+            jitter: seed,
         }
     }
 
     /// How long to wait after one more failure in a row (75–125 % of the current step); the
     /// step doubles up to the cap.
     pub fn failed(&mut self) -> Duration {
-        let wait = jitter(self.next);
+        let wait = self.jittered(self.next);
         self.next = (self.next * 2).min(self.max);
         wait
+    }
+
+    /// 75–125 % of `base`.
+    fn jittered(&mut self, base: Duration) -> Duration {
+        self.jitter = self.jitter.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.jitter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        base.mul_f64(0.75 + (z >> 11) as f64 / (1u64 << 53) as f64 / 2.0)
     }
 
     /// A success: the next failure waits the first step again.
@@ -46,7 +59,8 @@ pub async fn accept_patiently<T, Fut>(what: &'static str, accept: impl Fn() -> F
 where
     Fut: Future<Output = std::io::Result<T>>,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    // Accept errors are this host's own (out of descriptors): no peers to fall out of step with.
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1), 0);
     loop {
         match accept().await {
             Ok(accepted) => return accepted,
@@ -60,20 +74,13 @@ where
     }
 }
 
-/// 75–125 % of `base`.
-fn jitter(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    base.mul_f64(0.75 + f64::from(byte[0]) / 510.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn waits_double_up_to_the_cap_with_jitter_and_reset_on_success() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8), 7);
         assert!(b.is_fresh());
         let waits: Vec<Duration> = (0..6).map(|_| b.failed()).collect();
         assert!(!b.is_fresh());

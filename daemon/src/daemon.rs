@@ -4,7 +4,7 @@
 //! service.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
 use crate::backoff::Backoff;
+use crate::env::{BoundUdp, Env, EnvExt};
 use crate::home::{Home, HomeError};
 use crate::names::{NAMES_FILE, NameBook, PinMismatch};
 use crate::node::{
@@ -24,7 +25,7 @@ use crate::node::{
 };
 use crate::rendezvous::{
     self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, RateLimiter, RegisterError, Registry,
-    RendezvousError, unix_now,
+    RendezvousError,
 };
 use crate::servers::{KeyCheck, SERVERS_FILE, ServerPins, ServerSpec, SpecError};
 use crate::store::{JsonFile, StoreError};
@@ -201,43 +202,49 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Loads the identity, binds the socket and starts every service. Needs a tokio runtime.
-    pub fn start(config: DaemonConfig) -> Result<Arc<Self>, DaemonError> {
-        let socket = UdpSocket::bind(config.listen).map_err(|source| DaemonError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        Self::start_on(config, socket)
+    /// Loads the identity, binds the socket and starts every service, all through `env` (the
+    /// OS, or a simulation). Needs a tokio runtime.
+    pub fn start(config: DaemonConfig, env: Arc<dyn Env>) -> Result<Arc<Self>, DaemonError> {
+        let socket = env
+            .bind_udp(config.listen, config.transport.socket_buffer_bytes)
+            .map_err(|source| DaemonError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Self::start_on(config, env, socket)
     }
 
     /// Like [`Daemon::start`] on a socket the caller bound (in a network namespace, say);
     /// `config.listen` is not used.
-    pub fn start_on(config: DaemonConfig, socket: UdpSocket) -> Result<Arc<Self>, DaemonError> {
-        config.home.ensure_dir()?;
-        config.home.check_private()?;
-        let identity = config.home.load_or_create_identity()?;
-        let trust = JsonFile::<TrustList>::load(config.home.dir().join(TRUST_FILE))?;
-        let node = Node::start(identity, socket, config.transport)?;
+    pub fn start_on(
+        config: DaemonConfig,
+        env: Arc<dyn Env>,
+        socket: BoundUdp,
+    ) -> Result<Arc<Self>, DaemonError> {
+        env.prepare_home(&config.home)?;
+        let identity = env.load_or_create_identity(&config.home)?;
+        let trust = JsonFile::<TrustList>::load(&env, config.home.dir().join(TRUST_FILE))?;
+        let node = Node::start(identity, socket, env.clone(), config.transport)?;
         let span = node.span();
         let _in_span = span.enter();
         let mut counter_floor =
-            JsonFile::<CounterFloor>::load(config.home.dir().join(COUNTER_FILE))?;
+            JsonFile::<CounterFloor>::load(&env, config.home.dir().join(COUNTER_FILE))?;
         node.raise_counter(counter_floor.get().floor);
         let start = node.next_sequence();
         counter_floor.update(|c| c.floor = start + COUNTER_BLOCK)?;
         node.set_trusted(trust.get().trusted.iter().copied());
-        let mut names = JsonFile::<NameBook>::load(config.home.dir().join(NAMES_FILE))?;
+        let mut names = JsonFile::<NameBook>::load(&env, config.home.dir().join(NAMES_FILE))?;
         if let Some(hostname) = config.hostname {
             names.update(|book| book.own = Some(hostname))?;
         }
-        let requests = JsonFile::<RequestBook>::load(config.home.dir().join(REQUESTS_FILE))?;
+        let requests = JsonFile::<RequestBook>::load(&env, config.home.dir().join(REQUESTS_FILE))?;
         let mut registry = Registry::new(
             rendezvous::registry::DEFAULT_CAPACITY,
             config.name_grace.as_secs(),
         );
         let records_path = config.home.dir().join(RECORDS_FILE);
-        if let Ok(bytes) = std::fs::read(&records_path) {
-            let (loaded, skipped) = registry.load_file(unix_now(), &bytes);
+        if let Ok(bytes) = env.read_file(&records_path) {
+            let (loaded, skipped) = registry.load_file(node.unix_now(), &bytes);
             tracing::info!(loaded, skipped, file = %records_path.display(), "rendezvous records restored");
         }
         let servers = config
@@ -255,7 +262,7 @@ impl Daemon {
                 })
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
-        let server_pins = JsonFile::load(config.home.dir().join(SERVERS_FILE))?;
+        let server_pins = JsonFile::load(&env, config.home.dir().join(SERVERS_FILE))?;
         let daemon = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             monitored: Mutex::new(Default::default()),
@@ -282,7 +289,7 @@ impl Daemon {
         });
         let claimed = Arc::new(tokio::sync::Notify::new());
         let me = Arc::downgrade(&daemon);
-        crate::spawn(rendezvous::serve(Arc::new(rendezvous::Service {
+        node.spawn(rendezvous::serve(Arc::new(rendezvous::Service {
             node: node.clone(),
             registry: daemon.registry.clone(),
             limits: daemon.limits.clone(),
@@ -294,22 +301,37 @@ impl Daemon {
         let echo = node
             .listen(ECHO_PORT, Access::Open)
             .expect("a fresh node has no listener on the echo port");
-        crate::spawn(serve_echo(echo));
+        node.spawn(serve_echo(node.clone(), echo));
         let trust_requests = node
             .listen(TRUST_REQUEST_PORT, Access::Open)
             .expect("a fresh node has no listener on the trust request port");
-        crate::spawn(crate::trust_requests::serve(
+        node.spawn(crate::trust_requests::serve(
             Arc::downgrade(&daemon),
             trust_requests,
         ));
-        crate::spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
-        crate::spawn(refresh_own_record(Arc::downgrade(&daemon)));
-        crate::spawn(persist_records(Arc::downgrade(&daemon), claimed));
-        crate::spawn(report_limits(Arc::downgrade(&daemon)));
+        node.spawn(crate::trust_requests::retell(Arc::downgrade(&daemon)));
+        node.spawn(refresh_own_record(Arc::downgrade(&daemon)));
+        node.spawn(persist_records(Arc::downgrade(&daemon), claimed));
+        node.spawn(report_limits(Arc::downgrade(&daemon)));
         for index in 0..config.rendezvous.len() {
-            crate::spawn(keep_registered(Arc::downgrade(&daemon), index));
+            let seed = env.random_u64();
+            node.spawn(keep_registered(Arc::downgrade(&daemon), index, seed));
         }
         Ok(daemon)
+    }
+
+    /// Serves the local API on `listener` (`api::bind`), as one of the node's tasks.
+    pub fn serve_api(&self, listener: tokio::net::UnixListener) {
+        self.node
+            .spawn(crate::api::serve(self.me.clone(), listener));
+    }
+
+    /// Stops the node: saves the records, tells peers, and stops every task, so that its
+    /// socket, TCP listener and local API are free and a node with the same home can start
+    /// in this process.
+    pub async fn stop(&self) {
+        self.save_records();
+        self.node.stop().await;
     }
 
     /// Writes the registry to the home if it changed (atomically: temp file, rename).
@@ -318,12 +340,12 @@ impl Daemon {
             .registry
             .lock()
             .expect("registry lock")
-            .to_file(unix_now());
+            .to_file(self.node.unix_now());
         let mut written = self.records_written.lock().expect("records lock");
         if *written == now {
             return;
         }
-        match crate::store::write_atomically(&self.records_path, &now) {
+        match self.node.env().write_file(&self.records_path, &now) {
             Ok(()) => *written = now,
             Err(e) => {
                 tracing::warn!(file = %self.records_path.display(), error = %e, "cannot save rendezvous records")
@@ -349,7 +371,9 @@ impl Daemon {
     fn endpoints(&self) -> Vec<SocketAddr> {
         let local = self.node.local_addr();
         let mut endpoints = if local.ip().is_unspecified() {
-            interface_addresses()
+            self.node
+                .env()
+                .interface_addresses()
                 .into_iter()
                 .filter(|ip| ip.is_ipv4() == local.is_ipv4() || local.is_ipv6())
                 .map(|ip| SocketAddr::new(ip, local.port()))
@@ -371,7 +395,7 @@ impl Daemon {
     /// absurdly far ahead (a hostile server must not exhaust the counter); true if raised.
     fn move_seq_past(&self, stored: u64) -> bool {
         const MAX_AHEAD_MICROS: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
-        let now = rendezvous::unix_now().saturating_mul(1_000_000);
+        let now = self.node.unix_now().saturating_mul(1_000_000);
         if stored >= now.saturating_add(MAX_AHEAD_MICROS) {
             tracing::warn!(
                 stored,
@@ -402,7 +426,7 @@ impl Daemon {
     /// This node's signed record, claiming its name if `with_name`.
     pub(crate) fn own_record(&self, with_name: bool) -> Record {
         let seq = self.next_seq();
-        let expires = unix_now() + RECORD_LIFETIME.as_secs();
+        let expires = self.node.unix_now() + RECORD_LIFETIME.as_secs();
         let name = self.own_name().filter(|_| with_name);
         Record::sign(
             self.node.secret_identity(),
@@ -446,7 +470,7 @@ impl Daemon {
                 .registry
                 .lock()
                 .expect("registry lock")
-                .lookup(unix_now(), target)
+                .lookup(self.node.unix_now(), target)
         {
             return Ok((record.clone(), None));
         }
@@ -520,9 +544,13 @@ impl Daemon {
         }
         let parsed = spec.parse::<ServerSpec>().map_err(|e| e.to_string())?;
         let host = &parsed.host;
-        let at = tokio::net::lookup_host(host)
+        let at = self
+            .node
+            .env()
+            .lookup_host(host.clone())
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .into_iter()
             .next()
             .ok_or_else(|| format!("{host} resolves to no address"))?;
         let over_udp = match tokio::time::timeout(UDP_FIRST, self.node.connect_any(at)).await {
@@ -715,7 +743,7 @@ impl Daemon {
             return;
         }
         let (me, candidates) = (self.me.clone(), record.endpoints.clone());
-        crate::spawn(async move {
+        self.node.spawn(async move {
             traversal::run(me.clone(), target, relay, server, candidates, path).await;
             if let Some(d) = me.upgrade() {
                 d.monitored.lock().expect("monitor lock").remove(&target);
@@ -810,10 +838,10 @@ impl Daemon {
     pub(crate) fn register_with_self(&self) -> Result<(), RegisterError> {
         let mut registry = self.registry.lock().expect("registry lock");
         let mut register =
-            |with_name| match registry.register(unix_now(), self.own_record(with_name)) {
+            |with_name| match registry.register(self.node.unix_now(), self.own_record(with_name)) {
                 // A record from before a clock step back, reloaded from the records file.
                 Err(RegisterError::Stale { stored, .. }) if self.move_seq_past(stored) => {
-                    registry.register(unix_now(), self.own_record(with_name))
+                    registry.register(self.node.unix_now(), self.own_record(with_name))
                 }
                 other => other,
             };
@@ -860,9 +888,16 @@ impl Daemon {
 /// peer, so no peer may park streams on it.
 const ECHO_IDLE: Duration = Duration::from_secs(30);
 
-async fn serve_echo(mut listener: Listener) {
+impl Drop for Daemon {
+    /// Some of the node's tasks hold the node itself: stop them, or it would never go.
+    fn drop(&mut self) {
+        self.node.stop_tasks();
+    }
+}
+
+async fn serve_echo(node: Node, mut listener: Listener) {
     while let Some(stream) = listener.accept().await {
-        crate::spawn(echo(stream));
+        node.spawn(echo(stream));
     }
 }
 
@@ -937,8 +972,8 @@ async fn persist_records(daemon: std::sync::Weak<Daemon>, claimed: Arc<tokio::sy
 }
 
 /// Registers with one rendezvous server and refreshes; retries with capped, jittered backoff.
-async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize, jitter_seed: u64) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), jitter_seed);
     loop {
         let Some(d) = daemon.upgrade() else { return };
         let spec = d.servers.lock().expect("server state lock")[index]
@@ -1068,44 +1103,4 @@ async fn register_fresh(
         }
         other => other,
     }
-}
-
-/// The host's interface addresses that are up, loopback last.
-fn interface_addresses() -> Vec<IpAddr> {
-    let mut addresses = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a linked list that we walk read-only and free exactly once.
-    unsafe {
-        if libc::getifaddrs(&mut head) != 0 {
-            return vec![IpAddr::from([127, 0, 0, 1])];
-        }
-        let mut cursor = head;
-        while !cursor.is_null() {
-            let entry = &*cursor;
-            let up = entry.ifa_flags & libc::IFF_UP as u32 != 0;
-            if up && !entry.ifa_addr.is_null() {
-                match i32::from((*entry.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                        addresses.push(IpAddr::from(
-                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
-                        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                        // Link-local addresses need a scope id a record cannot carry.
-                        if ip.segments()[0] & 0xffc0 != 0xfe80 {
-                            addresses.push(IpAddr::V6(ip));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            cursor = entry.ifa_next;
-        }
-        libc::freeifaddrs(head);
-    }
-    addresses.sort_by_key(|ip| ip.is_loopback());
-    addresses
 }

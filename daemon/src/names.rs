@@ -13,7 +13,7 @@ use tern_proto::record::Record;
 use tern_proto::{Address, Name, Target};
 
 use crate::daemon::{Daemon, DaemonError};
-use crate::rendezvous::{self, RegisterError, RendezvousError, unix_now};
+use crate::rendezvous::{self, RegisterError, RendezvousError};
 
 pub const NAMES_FILE: &str = "names.json";
 
@@ -146,7 +146,7 @@ impl Daemon {
             .resolves_through_own_registry()
             .then(|| {
                 let registry = self.registry.lock().expect("registry lock");
-                registry.lookup_name(unix_now(), name).cloned()
+                registry.lookup_name(self.node.unix_now(), name).cloned()
             })
             .flatten();
         let record = match own {
@@ -161,7 +161,7 @@ impl Daemon {
             },
         };
         let mut names = self.names.lock().expect("names lock");
-        if let Some(pin) = names.get().check_pin(name, &record, unix_now())? {
+        if let Some(pin) = names.get().check_pin(name, &record, self.node.unix_now())? {
             tracing::info!(%name, address = %pin.address, "name pinned");
             names.update(|book| book.pinned.insert(name.clone(), pin))?;
         }

@@ -30,10 +30,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backoff::accept_patiently;
+use crate::env::{BoundUdp, BufferSizes, Env, EnvExt, LinkListener};
 use crate::ratelimit::RateLimiter;
+use crate::tasks::Tasks;
 use crate::transport::handshake::{self, HandshakeError, Verified};
 use crate::transport::paths::{Route, is_link, source_key};
-use crate::transport::socket::{BufferSizes, DemuxSocket, Diverted, Relayed};
+use crate::transport::socket::{DemuxSocket, Diverted, Relayed};
 use crate::transport::stun;
 
 /// Tunables of the transport. The defaults suit the open internet behind home NATs.
@@ -450,8 +452,10 @@ struct Shared {
     probe_budget: Mutex<ProbeBudget>,
     limited: LimitCounters,
     dial_locks: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<()>>>>,
-    /// Every task of this node runs in it (`crate::spawn`).
+    /// Every task of this node runs in it (`Node::spawn`).
     span: tracing::Span,
+    tasks: Arc<Tasks>,
+    env: Arc<dyn Env>,
 }
 
 impl Shared {
@@ -467,6 +471,7 @@ impl Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         self.endpoint.close(0u32.into(), b"node shut down");
+        self.tasks.stop();
     }
 }
 
@@ -517,25 +522,28 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node on an already bound UDP socket. Must run inside a tokio runtime.
+    /// Starts a node on a bound UDP socket (`Env::bind_udp`), taking everything else from
+    /// `env`. Must run inside a tokio runtime.
     pub fn start(
         identity: SecretIdentity,
-        socket: std::net::UdpSocket,
+        socket: BoundUdp,
+        env: Arc<dyn Env>,
         config: TransportConfig,
     ) -> Result<Self, NodeError> {
         // Every task started below (quinn's drivers too) runs in the node's span.
         let span = tracing::info_span!("node", address = %identity.address());
         let _in_span = span.enter();
-        socket.set_nonblocking(true).map_err(NodeError::Socket)?;
-        let (demux, diverted, buffer_sizes) = DemuxSocket::new(
-            socket,
-            config.socket_buffer_bytes,
+        let tasks = Arc::new(Tasks::default());
+        let buffer_sizes = socket.buffers;
+        let (demux, diverted) = DemuxSocket::new(
+            socket.socket,
             identity.address(),
             config.relay_packets_per_second,
+            tasks.clone(),
         )
         .map_err(NodeError::Socket)?;
         let local_addr = demux.real_local_addr().map_err(NodeError::Socket)?;
-        let tls = handshake::tls_configs(&identity, Arc::new(config.quic()));
+        let tls = handshake::tls_configs(&identity, Arc::new(config.quic()), &*env);
         // Keys that survive restarts: a node that crashed and came back knows the old
         // connections' IDs for its own and answers their packets with a stateless reset its
         // peers recognise, so their streams fail at once instead of after the idle timeout.
@@ -545,9 +553,15 @@ impl Node {
             ring::hmac::HMAC_SHA256,
             &reset_key,
         )));
+        let cid_env = env.clone();
         endpoint_config.cid_generator(move || {
-            Box::new(crate::transport::cid::KeyedConnectionIds::new(cid_key))
+            Box::new(crate::transport::cid::KeyedConnectionIds::new(
+                cid_key,
+                cid_env.clone(),
+            ))
         });
+        // quinn's own choices (initial connection IDs, GREASE) from the env's randomness.
+        endpoint_config.rng_seed(Some(env.random_bytes()));
         // Keep QUIC's first byte at 0x40 or above so the first-byte demultiplexing holds.
         endpoint_config.grease_quic_bit(false);
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -571,26 +585,29 @@ impl Node {
             local_addr,
             buffer_sizes,
             state: Mutex::new(State::default()),
-            counter: Mutex::new(Counter::starting_at_unix_micros(unix_micros())),
+            counter: Mutex::new(Counter::starting_at_unix_micros(env.unix_micros())),
             probe_budget: Mutex::new(ProbeBudget::default()),
             limited: LimitCounters::default(),
             dial_locks: Mutex::new(HashMap::new()),
             config,
             span: span.clone(),
+            tasks,
+            env,
         });
-        crate::spawn(accept_loop(
+        shared.tasks.spawn(accept_loop(
             endpoint,
             Arc::downgrade(&shared),
             Arc::new(Semaphore::new(shared.config.max_handshakes)),
         ));
-        crate::spawn(control_loop(diverted, Arc::downgrade(&shared)));
+        shared
+            .tasks
+            .spawn(control_loop(diverted, Arc::downgrade(&shared)));
         // Nodes whose network blocks UDP reach this one over TCP, on the same port.
-        match std::net::TcpListener::bind(local_addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .and_then(tokio::net::TcpListener::from_std)
-        {
+        match shared.env.listen_tcp(local_addr) {
             Ok(listener) => {
-                crate::spawn(accept_links(listener, Arc::downgrade(&shared)));
+                shared
+                    .tasks
+                    .spawn(accept_links(listener, Arc::downgrade(&shared)));
             }
             Err(e) => tracing::warn!(%local_addr, error = %e, "no TCP links: cannot listen on TCP"),
         }
@@ -599,6 +616,26 @@ impl Node {
 
     pub fn address(&self) -> Address {
         self.shared.identity.address()
+    }
+
+    /// Starts a task that belongs to this node: it stops when the node does.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.shared.tasks.spawn(task);
+    }
+
+    /// Tasks this node runs now (its daemon's and local API's included).
+    pub fn task_count(&self) -> usize {
+        self.shared.tasks.len()
+    }
+
+    /// Seconds since the Unix epoch by the env's wall clock.
+    pub fn unix_now(&self) -> u64 {
+        self.shared.env.unix_now()
+    }
+
+    /// What this node takes from the outside world.
+    pub fn env(&self) -> &Arc<dyn Env> {
+        &self.shared.env
     }
 
     /// The node's tracing span (its address): tasks started in it belong to the node.
@@ -721,7 +758,7 @@ impl Node {
     pub async fn connect_any_over_tcp(&self, at: SocketAddr) -> Result<Address, DialError> {
         let timeout = self.shared.config.dial_timeout;
         let tcp_err = |source| DialError::Tcp { at, source };
-        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(at))
+        let stream = tokio::time::timeout(timeout, self.shared.env.connect_tcp(at))
             .await
             .map_err(|_| DialError::Timeout {
                 peer: Dialled(None),
@@ -984,7 +1021,7 @@ impl Node {
                     }
                 }
             };
-            let txid = random_u64();
+            let txid = shared.env.random_u64();
             let (answer, rx) = oneshot::channel();
             state.pings.insert(txid, PendingPing { peer, answer });
             let counter = shared.next_counter();
@@ -1108,7 +1145,7 @@ impl Node {
 
     /// Asks a STUN server which address this node's socket appears from.
     pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, ProbeError> {
-        let (id, request) = stun::binding_request();
+        let (id, request) = stun::binding_request(self.shared.env.random_bytes());
         let (tx, rx) = oneshot::channel();
         self.shared.state().stun.insert(id, tx);
         let outcome = with_timeout(PROBE_TIMEOUT, async {
@@ -1168,6 +1205,18 @@ impl Node {
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
     }
+
+    /// Closes every connection as `close` does, then stops all of the node's tasks. Once the
+    /// last handle is dropped too, the socket and TCP listener are free.
+    pub async fn stop(&self) {
+        self.close().await;
+        self.stop_tasks();
+    }
+
+    /// Stops all of the node's tasks at once (each at its next await point).
+    pub fn stop_tasks(&self) {
+        self.shared.tasks.stop();
+    }
 }
 
 /// A peer reached at a private-network address shares a network with this node: no NAT
@@ -1207,12 +1256,6 @@ impl ProbeBudget {
     }
 }
 
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the OS random source");
-    u64::from_le_bytes(bytes)
-}
-
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often hole punching re-sends a probe to each candidate endpoint.
@@ -1240,12 +1283,6 @@ async fn with_timeout<T>(
         .unwrap_or(Err(ProbeError::Timeout(timeout)))
 }
 
-fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Records a verified connection and starts serving it.
 fn register(shared: &Arc<Shared>, verified: Verified) {
     // Dials run in their caller's task: the connection's logs and tasks are the node's.
@@ -1263,7 +1300,7 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
             address,
             Peer {
                 connection: connection.clone(),
-                since: SystemTime::now(),
+                since: shared.env.wall_clock(),
             },
         );
         let kept = state.connections.entry(address).or_default();
@@ -1283,13 +1320,14 @@ fn register(shared: &Arc<Shared>, verified: Verified) {
         state.learn(&shared.identity, &peer);
     }
     tracing::debug!(peer = %address, remote = %connection.remote_address(), "connection verified");
-    crate::spawn(serve_datagrams(
+    let tasks = &shared.tasks;
+    tasks.spawn(serve_datagrams(
         connection.clone(),
         address,
         Arc::downgrade(shared),
     ));
-    crate::spawn(refuse_uni_streams(connection.clone()));
-    crate::spawn(serve_streams(connection, address, Arc::downgrade(shared)));
+    tasks.spawn(refuse_uni_streams(connection.clone()));
+    tasks.spawn(serve_streams(connection, address, Arc::downgrade(shared)));
 }
 
 /// QUIC application close code: an identity opened more connections than a node keeps.
@@ -1305,9 +1343,10 @@ async fn refuse_uni_streams(connection: quinn::Connection) {
     }
 }
 
-async fn accept_links(listener: tokio::net::TcpListener, shared: Weak<Shared>) {
+async fn accept_links(listener: Box<dyn LinkListener>, shared: Weak<Shared>) {
     loop {
-        let (stream, from) = accept_patiently("TCP links", || listener.accept()).await;
+        let stream = accept_patiently("TCP links", || listener.accept()).await;
+        let from = stream.remote;
         let Some(shared) = shared.upgrade() else {
             return;
         };
@@ -1401,9 +1440,10 @@ async fn accept_loop(endpoint: quinn::Endpoint, shared: Weak<Shared>, handshakes
             false => UNVALIDATED_HANDSHAKE_TIMEOUT.min(node.config.dial_timeout),
         };
         let me = node.identity.clone();
+        let tasks = node.tasks.clone();
         drop(node);
         let (shared, in_flight) = (shared.clone(), in_flight.clone());
-        crate::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let outcome = tokio::time::timeout(timeout, async {
                 let connecting = incoming.accept().map_err(HandshakeError::from)?;
@@ -1447,9 +1487,10 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
     let reason = loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
-                Ok((send, recv)) => {
-                    crate::spawn(answer_stream(send, recv, peer, shared.clone()));
-                }
+                Ok((send, recv)) => match shared.upgrade() {
+                    Some(node) => node.tasks.spawn(answer_stream(send, recv, peer, shared.clone())),
+                    None => break quinn::ConnectionError::LocallyClosed,
+                },
                 Err(e) => break e,
             },
             _ = pin_check.tick(), if validating.is_empty() => {
@@ -1505,7 +1546,7 @@ async fn serve_streams(connection: quinn::Connection, peer: Address, shared: Wea
         match survivor {
             // Another verified connection to the peer is still open: it carries them now.
             Some(connection) => {
-                let since = SystemTime::now();
+                let since = shared.env.wall_clock();
                 state.peers.insert(peer, Peer { connection, since });
             }
             None => {

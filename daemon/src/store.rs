@@ -2,11 +2,13 @@
 //! an empty document, a damaged one is an error naming it (and is left alone), and every
 //! change is written atomically and saved before it is reported as done.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::env::Env;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -26,13 +28,14 @@ pub enum StoreError {
 
 #[derive(Debug)]
 pub struct JsonFile<T> {
+    env: Arc<dyn Env>,
     path: PathBuf,
     value: T,
 }
 
 impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
-    pub fn load(path: PathBuf) -> Result<Self, StoreError> {
-        let value = match std::fs::read(&path) {
+    pub fn load(env: &Arc<dyn Env>, path: PathBuf) -> Result<Self, StoreError> {
+        let value = match env.read_file(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
                 path: path.clone(),
                 detail: e.to_string(),
@@ -40,7 +43,11 @@ impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => T::default(),
             Err(source) => return Err(StoreError::Read { path, source }),
         };
-        Ok(Self { path, value })
+        Ok(Self {
+            env: env.clone(),
+            path,
+            value,
+        })
     }
 
     pub fn get(&self) -> &T {
@@ -58,55 +65,38 @@ impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
 
     fn save(&self, value: &T) -> Result<(), StoreError> {
         let body = serde_json::to_vec_pretty(value).expect("home documents serialise");
-        write_atomically(&self.path, &body).map_err(|source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        self.env
+            .write_file(&self.path, &body)
+            .map_err(|source| StoreError::Write {
+                path: self.path.clone(),
+                source,
+            })
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash at any point leaves either the old or the new
-/// file, never a torn one: a private (0600) temp file, synced, renamed over `path`, and the
-/// directory synced so the rename itself survives a power cut.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::env::os::OsEnv;
     use std::collections::BTreeSet;
 
     #[test]
     fn changes_persist_and_a_damaged_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("doc.json");
-        let mut doc = JsonFile::<BTreeSet<u32>>::load(path.clone()).unwrap();
+        let env = OsEnv::shared();
+        let mut doc = JsonFile::<BTreeSet<u32>>::load(&env, path.clone()).unwrap();
         assert!(doc.update(|set| set.insert(7)).unwrap());
         assert!(
-            JsonFile::<BTreeSet<u32>>::load(path.clone())
+            JsonFile::<BTreeSet<u32>>::load(&env, path.clone())
                 .unwrap()
                 .get()
                 .contains(&7)
         );
         std::fs::write(&path, b"[\"nope\"]").unwrap();
-        let e = JsonFile::<BTreeSet<u32>>::load(path.clone()).unwrap_err();
+        let e = JsonFile::<BTreeSet<u32>>::load(&env, path.clone()).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-        write_atomically(&path, b"[]").unwrap();
+        env.write_file(&path, b"[]").unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "home documents are private");

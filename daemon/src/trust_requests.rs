@@ -17,7 +17,6 @@ use tern_proto::trust_request::{
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::node::{ExchangeError, Listener, Node};
-use crate::rendezvous::unix_now;
 
 pub const REQUESTS_FILE: &str = "trust-requests.json";
 /// Incoming requests kept at once; past this, a new one evicts the oldest.
@@ -212,20 +211,25 @@ impl Daemon {
     /// (then each side trusts the other) or `trust reject`.
     pub async fn request_trust(&self, target: &str, reason: &str) -> Result<Address, DaemonError> {
         let peer = self.resolve(target).await?;
-        let request = SignedRequest::sign(self.node.secret_identity(), peer, unix_now(), reason)
-            .map_err(|e| DaemonError::TrustRequest {
+        let request = SignedRequest::sign(
+            self.node.secret_identity(),
+            peer,
+            self.node.unix_now(),
+            reason,
+        )
+        .map_err(|e| DaemonError::TrustRequest {
+            peer,
+            source: SendError::Refused {
                 peer,
-                source: SendError::Refused {
-                    peer,
-                    reason: e.to_string(),
-                },
-            })?;
+                reason: e.to_string(),
+            },
+        })?;
         self.ensure_connected(peer).await?;
         // Noted first: the approval may come back before the answer to the request does.
         self.requests
             .lock()
             .expect("requests lock")
-            .update(|book| book.add_outgoing(peer, unix_now()))?;
+            .update(|book| book.add_outgoing(peer, self.node.unix_now()))?;
         let sent = send(&self.node, peer, &Message::Request(Box::new(request))).await;
         if let Err(source) = sent {
             self.requests
@@ -243,7 +247,11 @@ impl Daemon {
         let requests = self.requests.lock().expect("requests lock");
         let outgoing = requests.get().outgoing_list();
         let room = PAGE_BUDGET.saturating_sub(json!(outgoing).to_string().len());
-        let (pending, next) = page(requests.get().pending_list(unix_now()), after, room);
+        let (pending, next) = page(
+            requests.get().pending_list(self.node.unix_now()),
+            after,
+            room,
+        );
         json!({ "pending": pending, "next": next, "outgoing": outgoing })
     }
 
@@ -340,7 +348,8 @@ impl Daemon {
                     return Answer::Accepted;
                 }
                 let me = self.node.address();
-                match requests.update(|book| book.receive(&request, peer, me, unix_now())) {
+                match requests.update(|book| book.receive(&request, peer, me, self.node.unix_now()))
+                {
                     Ok(Ok(new)) => {
                         if new {
                             tracing::info!(%peer, reason = ?request.reason, "trust request: answer with `ternctl trust approve {peer}` or `ternctl trust reject {peer}`");
@@ -393,8 +402,11 @@ pub async fn retell(daemon: std::sync::Weak<Daemon>) {
 /// Answers trust request messages on their port until the node shuts down.
 pub async fn serve(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
     while let Some(mut stream) = listener.accept().await {
+        let Some(node) = daemon.upgrade().map(|d| d.node.clone()) else {
+            return;
+        };
         let daemon = daemon.clone();
-        crate::spawn(async move {
+        node.spawn(async move {
             let read = tokio::time::timeout(
                 Duration::from_secs(10),
                 stream.recv.read_to_end(trust_request::MAX_MESSAGE_LEN),

@@ -27,7 +27,7 @@ fn identity(n: usize) -> SecretIdentity {
 
 fn node(n: usize) -> Node {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    Node::start(identity(n), socket, TransportConfig::default()).unwrap()
+    tern_daemon::env::os::start_node(identity(n), socket, TransportConfig::default()).unwrap()
 }
 
 /// Deterministic test data, different per stream.
@@ -283,7 +283,12 @@ fn an_unreachable_peer_times_out_with_a_clear_error() {
             dial_timeout: Duration::from_millis(500),
             ..TransportConfig::default()
         };
-        let a = Node::start(identity(0), UdpSocket::bind("127.0.0.1:0").unwrap(), config).unwrap();
+        let a = tern_daemon::env::os::start_node(
+            identity(0),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            config,
+        )
+        .unwrap();
         // A bound socket that never answers.
         let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
         let at: SocketAddr = silent.local_addr().unwrap();
@@ -307,7 +312,12 @@ async fn a_relay_rate_limits_each_peer_and_relayed_streams_still_arrive_whole() 
         relay_packets_per_second: 400.0,
         ..TransportConfig::default()
     };
-    let relay = Node::start(identity(2), UdpSocket::bind("127.0.0.1:0").unwrap(), config).unwrap();
+    let relay = tern_daemon::env::os::start_node(
+        identity(2),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        config,
+    )
+    .unwrap();
     let (a, b) = (node(0), node(1));
     a.connect(relay.address(), relay.local_addr())
         .await

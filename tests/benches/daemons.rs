@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tern_ctl::Client;
 use tern_daemon::Access;
 use tern_daemon::daemon::{Daemon, DaemonConfig};
+use tern_daemon::env::os::OsEnv;
 use tern_daemon::home::Home;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
@@ -20,13 +21,16 @@ async fn start(home: &std::path::Path, rendezvous: Vec<String>) -> (Arc<Daemon>,
     let api = tern_daemon::api::bind(&home.socket_path())
         .await
         .expect("socket");
-    let daemon = Daemon::start(DaemonConfig::new(
-        home.clone(),
-        "127.0.0.1:0".parse().expect("addr"),
-        rendezvous,
-    ))
+    let daemon = Daemon::start(
+        DaemonConfig::new(
+            home.clone(),
+            "127.0.0.1:0".parse().expect("addr"),
+            rendezvous,
+        ),
+        OsEnv::shared(),
+    )
     .expect("daemon");
-    tokio::spawn(tern_daemon::api::serve(daemon.clone(), api));
+    daemon.serve_api(api);
     let client = Client::for_home(Some(home.dir().to_path_buf())).expect("client");
     (daemon, client)
 }

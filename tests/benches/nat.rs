@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tern_daemon::Access;
 use tern_daemon::daemon::{Daemon, DaemonConfig};
+use tern_daemon::env::os::{OsEnv, wrap_udp};
 use tern_daemon::home::Home;
 use tern_netsim::internet::{Host, Internet, NatKind};
 use tokio::io::AsyncWriteExt;
@@ -36,7 +37,12 @@ fn start(host: &Host, port: u16, rendezvous: &[String]) -> Node {
         rendezvous.to_vec(),
     );
     Node {
-        daemon: Daemon::start_on(config, socket).expect("daemon"),
+        daemon: Daemon::start_on(
+            config,
+            OsEnv::shared(),
+            wrap_udp(socket, 8 << 20).expect("socket"),
+        )
+        .expect("daemon"),
         _home: home,
     }
 }

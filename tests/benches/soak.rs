@@ -110,7 +110,8 @@ async fn peer_loop(
     let identity = SecretIdentity::generate().expect("random identity");
     let start = || {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        Node::start(identity.clone(), socket, Default::default()).expect("peer node")
+        tern_daemon::env::os::start_node(identity.clone(), socket, Default::default())
+            .expect("peer node")
     };
     let mut node = start();
     let payload: Vec<u8> = (0..STREAM_BYTES).map(|i| (i * 7) as u8).collect();

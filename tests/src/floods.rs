@@ -29,6 +29,7 @@ pub async fn unfinished_handshakes(at: SocketAddr, sources: &[UdpSocket], per_se
     let tls = tern_daemon::transport::handshake::tls_configs(
         &me,
         Arc::new(tern_daemon::TransportConfig::default().quic()),
+        &tern_daemon::env::os::OsEnv,
     );
     let client = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
     let pause = (per_second > 0).then(|| Duration::from_secs(1) / per_second);

@@ -184,6 +184,7 @@ fn local_clients_that_vanish_mid_stream_leave_the_daemon_serving() {
 #[test]
 fn a_rendezvous_restarted_under_fifty_nodes_has_them_all_back_within_seconds() {
     use tern_daemon::daemon::{Daemon as Node, DaemonConfig};
+    use tern_daemon::env::os::OsEnv;
     use tern_daemon::home::Home;
     const NODES: usize = 50;
     let rendezvous = Daemon::start(&[]);
@@ -200,7 +201,7 @@ fn a_rendezvous_restarted_under_fifty_nodes_has_them_all_back_within_seconds() {
             "127.0.0.1:0".parse().unwrap(),
             vec![server.clone()],
         );
-        runtime.block_on(async { Node::start(config).unwrap() })
+        runtime.block_on(async { Node::start(config, OsEnv::shared()).unwrap() })
     };
     let nodes: Vec<_> = homes.iter().map(start).collect();
     let all_registered = |nodes: &[std::sync::Arc<Node>], within: Duration| {

@@ -182,7 +182,7 @@ fn demux_and_relay_frames() {
     };
     let mut frame = relay.encode().to_vec();
     frame.extend_from_slice(&[0x40; 40]);
-    let stun = tern_daemon::transport::stun::binding_request().1;
+    let stun = tern_daemon::transport::stun::binding_request([3; 12]).1;
     fuzz(
         "demux",
         vec![frame, stun, vec![0xc0; 60], vec![0x20; 30]],
@@ -359,7 +359,7 @@ fn config_files() {
 #[test]
 fn stun_messages() {
     use tern_daemon::transport::stun;
-    let (_, request) = stun::binding_request();
+    let (_, request) = stun::binding_request([3; 12]);
     let from: SocketAddr = "198.51.100.7:3478".parse().unwrap();
     let response = stun::answer_binding_request(&request, from).expect("an answer");
     fuzz("stun", vec![request, response], |bytes| {

@@ -25,14 +25,16 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn unix_now() -> u64 {
-    rendezvous::unix_now()
+    use tern_daemon::env::EnvExt;
+    tern_daemon::env::os::OsEnv.unix_now()
 }
 
 /// An attacker's node on loopback with a fresh identity (returned too: it signs records).
 fn attacker() -> (Node, SecretIdentity) {
     let identity = SecretIdentity::generate().expect("random identity");
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let node = Node::start(identity.clone(), socket, Default::default()).expect("attacker node");
+    let node = tern_daemon::env::os::start_node(identity.clone(), socket, Default::default())
+        .expect("attacker node");
     (node, identity)
 }
 
@@ -356,7 +358,8 @@ fn a_flood_of_long_trust_requests_is_listed_whole_and_printed_harmlessly() {
         for (n, identity) in identities.into_iter().enumerate() {
             let identity = identity.await.unwrap().unwrap();
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let node = Node::start(identity.clone(), socket, small.clone()).unwrap();
+            let node =
+                tern_daemon::env::os::start_node(identity.clone(), socket, small.clone()).unwrap();
             let mut reason = format!("agent {n} \u{1b}[2J\u{1b}[31mAPPROVED ");
             reason.extend(std::iter::repeat_n('x', MAX_REASON_LEN - reason.len()));
             let dials = dials.clone();
@@ -497,7 +500,8 @@ fn a_node_whose_clock_stepped_back_registers_again_at_once() {
         // ahead) reaches the rendezvous: every record the node makes now is older.
         runtime().block_on(async {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let past = Node::start(me.clone(), socket, Default::default()).unwrap();
+            let past =
+                tern_daemon::env::os::start_node(me.clone(), socket, Default::default()).unwrap();
             let server = past.connect_any(at).await.expect("reach the rendezvous");
             let day_ahead = (unix_now() + 24 * 3600) * 1_000_000;
             let endpoints = ["192.0.2.1:9".parse().unwrap()];
@@ -669,7 +673,9 @@ fn one_identity_keeps_at_most_four_connections_and_an_idle_echo_stream_is_reset(
         let mut nodes = vec![first];
         for _ in 1..10 {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            nodes.push(Node::start(me.clone(), socket, Default::default()).unwrap());
+            nodes.push(
+                tern_daemon::env::os::start_node(me.clone(), socket, Default::default()).unwrap(),
+            );
         }
         for node in &nodes {
             node.connect(victim_address, at).await.unwrap();

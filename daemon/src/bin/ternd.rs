@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tern_daemon::config::ConfigFile;
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig};
+use tern_daemon::env::os::OsEnv;
 use tern_daemon::home::Home;
 use tern_proto::Name;
 
@@ -152,7 +153,7 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
         let api = tern_daemon::api::bind(&socket_path)
             .await
             .with_context(|| format!("opening the local API socket {}", socket_path.display()))?;
-        let daemon = Daemon::start(config).context("starting the node")?;
+        let daemon = Daemon::start(config, OsEnv::shared()).context("starting the node")?;
         let node = daemon.node().clone();
         tracing::info!(
             address = %node.address(),
@@ -160,12 +161,10 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
             socket = %socket_path.display(),
             "ternd ready"
         );
-        let served = tokio::spawn(tern_daemon::api::serve(daemon.clone(), api));
+        daemon.serve_api(api);
         wait_for_shutdown().await?;
         tracing::info!("shutting down");
-        served.abort();
-        daemon.save_records();
-        node.close().await;
+        daemon.stop().await;
         let _ = std::fs::remove_file(&socket_path);
         Ok(())
     })

@@ -11,7 +11,7 @@ pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tern_proto::record::Record;
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, MessageError, RENDEZVOUS_PORT, Request};
@@ -77,12 +77,6 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const PUNCH_WINDOW: Duration = Duration::from_secs(2);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum RendezvousError {
     #[error("cannot reach the rendezvous: {0}")]
@@ -131,7 +125,7 @@ pub async fn serve(service: Arc<Service>) {
     };
     while let Some(stream) = listener.accept().await {
         let service = service.clone();
-        crate::spawn(async move {
+        service.node.clone().spawn(async move {
             if let Err(e) = answer(stream, &service).await {
                 tracing::debug!(error = %e, "rendezvous request failed");
             }
@@ -174,7 +168,7 @@ async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), Rend
         Ok(Request::Lookup(address)) => {
             let registry = registry.lock().expect("registry lock");
             registry
-                .lookup(unix_now(), address)
+                .lookup(node.unix_now(), address)
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
         Ok(Request::Introduce { target, record }) => {
@@ -183,7 +177,7 @@ async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), Rend
         Ok(Request::LookupName(name)) => {
             let registry = registry.lock().expect("registry lock");
             registry
-                .lookup_name(unix_now(), &name)
+                .lookup_name(node.unix_now(), &name)
                 .map_or(Answer::NotFound, |r| Answer::Found(Box::new(r.clone())))
         }
         // Records leak (every introduction carries one): a record stored from anyone but its
@@ -202,7 +196,7 @@ async fn answer(mut stream: OverlayStream, service: &Service) -> Result<(), Rend
             if !claim_allowed {
                 Answer::Refused("too many new name claims; try again in a minute".into())
             } else {
-                let registered = registry.register(unix_now(), *record);
+                let registered = registry.register(node.unix_now(), *record);
                 if new_claim && registered.is_ok() {
                     claimed.notify_one();
                 }
@@ -267,7 +261,7 @@ async fn introduce(service: &Service, asker: Address, target: Address, record: R
         node.learn(&record.identity);
         let candidates = probe_candidates(&record.endpoints, server_at, Asker::Peer);
         let node = node.clone();
-        crate::spawn(async move {
+        node.clone().spawn(async move {
             let answered = node.probe(peer, &candidates, PUNCH_WINDOW).await;
             tracing::debug!(%peer, ?answered, "punched towards an introduced peer");
         });
@@ -345,7 +339,7 @@ pub async fn lookup(
     address: Address,
 ) -> Result<Option<Record>, RendezvousError> {
     match ask(node, server, &Request::Lookup(address)).await? {
-        Answer::Found(record) if record.address() == address && record.is_live(unix_now()) => {
+        Answer::Found(record) if record.address() == address && record.is_live(node.unix_now()) => {
             Ok(Some(*record))
         }
         Answer::Found(_) => Err(RendezvousError::Refused(format!(
@@ -366,7 +360,7 @@ pub async fn lookup_name(
 ) -> Result<Option<Record>, RendezvousError> {
     match ask(node, server, &Request::LookupName(name.clone())).await? {
         Answer::Found(record)
-            if record.name.as_ref() == Some(name) && record.is_live(unix_now()) =>
+            if record.name.as_ref() == Some(name) && record.is_live(node.unix_now()) =>
         {
             Ok(Some(*record))
         }

@@ -4,20 +4,24 @@
 //! 3 random bytes, so its 2^24 IDs and their reset tokens could be harvested in full once its
 //! key outlives a process.)
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn_proto::{ConnectionId, ConnectionIdGenerator, InvalidCid};
+
+use crate::env::Env;
 
 const NONCE_LEN: usize = 8;
 const MAC_LEN: usize = 4;
 
 pub struct KeyedConnectionIds {
     key: [u8; 32],
+    env: Arc<dyn Env>,
 }
 
 impl KeyedConnectionIds {
-    pub fn new(key: [u8; 32]) -> Self {
-        Self { key }
+    pub fn new(key: [u8; 32], env: Arc<dyn Env>) -> Self {
+        Self { key, env }
     }
 
     fn mac(&self, nonce: &[u8]) -> [u8; MAC_LEN] {
@@ -31,7 +35,7 @@ impl KeyedConnectionIds {
 impl ConnectionIdGenerator for KeyedConnectionIds {
     fn generate_cid(&mut self) -> ConnectionId {
         let mut id = [0u8; NONCE_LEN + MAC_LEN];
-        getrandom::fill(&mut id[..NONCE_LEN]).expect("the OS random source");
+        self.env.fill_random(&mut id[..NONCE_LEN]);
         let mac = self.mac(&id[..NONCE_LEN]);
         id[NONCE_LEN..].copy_from_slice(&mac);
         ConnectionId::new(&id)
@@ -63,13 +67,15 @@ mod tests {
 
     #[test]
     fn ids_validate_under_their_key_only_and_do_not_repeat() {
-        let mut ours = KeyedConnectionIds::new([1; 32]);
-        let theirs = KeyedConnectionIds::new([2; 32]);
+        let mut ours = KeyedConnectionIds::new([1; 32], crate::env::os::OsEnv::shared());
+        let theirs = KeyedConnectionIds::new([2; 32], crate::env::os::OsEnv::shared());
         let id = ours.generate_cid();
         assert_eq!(id.len(), 12);
         assert!(ours.validate(&id).is_ok());
         assert!(
-            KeyedConnectionIds::new([1; 32]).validate(&id).is_ok(),
+            KeyedConnectionIds::new([1; 32], crate::env::os::OsEnv::shared())
+                .validate(&id)
+                .is_ok(),
             "after a restart"
         );
         assert!(theirs.validate(&id).is_err());

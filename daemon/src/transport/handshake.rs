@@ -21,6 +21,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureAlgorithm, Signa
 use tern_proto::stream::{ALPN, HELLO_LEN, decode_hello, encode_hello};
 use tern_proto::{Address, IdentityError, PublicIdentity, SecretIdentity};
 
+use crate::env::{Env, EnvExt};
+
 /// How long the peer may take to send its identity hello once TLS is done.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,7 +178,13 @@ pub struct TlsConfigs {
     pub server: quinn::ServerConfig,
 }
 
-pub fn tls_configs(me: &SecretIdentity, transport: Arc<quinn::TransportConfig>) -> TlsConfigs {
+/// The TLS configurations of a node; `env` supplies the key of its address-validation
+/// (Retry) tokens.
+pub fn tls_configs(
+    me: &SecretIdentity,
+    transport: Arc<quinn::TransportConfig>,
+    env: &dyn Env,
+) -> TlsConfigs {
     let provider = crypto_provider();
     let key = Arc::new(CertifiedKey::new(
         vec![CertificateDer::from(
@@ -212,7 +220,9 @@ pub fn tls_configs(me: &SecretIdentity, transport: Arc<quinn::TransportConfig>) 
     let server =
         quinn::crypto::rustls::QuicServerConfig::with_initial(Arc::new(server), initial_suite())
             .expect("a TLS 1.3-only config with a QUIC initial suite is valid for QUIC");
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    let token_key =
+        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&env.random_bytes::<64>());
+    let mut server = quinn::ServerConfig::new(Arc::new(server), Arc::new(token_key));
     server.transport_config(transport);
     TlsConfigs { client, server }
 }

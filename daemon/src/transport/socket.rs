@@ -16,7 +16,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,14 +23,16 @@ use std::task::{Context, Poll, Waker, ready};
 
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, Runtime, UdpPoller};
+use quinn::{AsyncUdpSocket, UdpPoller};
 use tern_proto::Address;
 use tern_proto::packet::{PacketKind, RelayHeader, TernType, classify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::paths::{PathTable, Route, canonical, is_link, link_address, source_key};
+use crate::env::LinkStream;
 use crate::ratelimit::RateLimiter;
+use crate::tasks::Tasks;
 
 /// Datagrams kept waiting for the node's control task before new ones are dropped.
 const DIVERTED_QUEUE: usize = 4096;
@@ -121,6 +122,8 @@ pub struct DemuxSocket {
     diverted: mpsc::Sender<Diverted>,
     diverted_budget: Mutex<RateLimiter<std::net::IpAddr>>,
     pub stats: SocketStats,
+    /// The node's tasks: each link's reader and writer are among them.
+    tasks: Arc<Tasks>,
 }
 
 /// What sorting did with one received datagram.
@@ -132,16 +135,14 @@ enum Sorted {
 }
 
 impl DemuxSocket {
-    /// Wraps a bound socket (after sizing its buffers) for quinn and for the node's own packets.
+    /// Wraps a bound socket for quinn and for the node's own packets.
     pub fn new(
-        socket: std::net::UdpSocket,
-        buffer_bytes: usize,
+        inner: Arc<dyn AsyncUdpSocket>,
         me: Address,
         relay_packets_per_second: f64,
-    ) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>, BufferSizes)> {
-        let sizes = set_buffer_sizes(&socket, buffer_bytes);
-        let inner_ipv6 = socket.local_addr()?.is_ipv6();
-        let inner = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+        tasks: Arc<Tasks>,
+    ) -> io::Result<(Arc<Self>, mpsc::Receiver<Diverted>)> {
+        let inner_ipv6 = inner.local_addr()?.is_ipv6();
         let (tx, rx) = mpsc::channel(DIVERTED_QUEUE);
         let socket = Arc::new(Self {
             inner,
@@ -163,8 +164,9 @@ impl DemuxSocket {
                 2.0 * DIVERTED_PER_SOURCE_PER_SECOND,
             )),
             stats: SocketStats::default(),
+            tasks,
         });
-        Ok((socket, rx, sizes))
+        Ok((socket, rx))
     }
 
     /// The path table. quinn's connection drivers take this lock inside their own (in
@@ -393,9 +395,8 @@ impl DemuxSocket {
 
     /// Carries datagrams over `stream` until it ends (each framed as `length u16 || datagram`,
     /// see [`read_link_datagram`]); returns the link's address.
-    pub fn add_link(self: &Arc<Self>, stream: tokio::net::TcpStream) -> io::Result<SocketAddr> {
-        let remote = canonical(stream.peer_addr()?);
-        let _ = stream.set_nodelay(true);
+    pub fn add_link(self: &Arc<Self>, stream: LinkStream) -> io::Result<SocketAddr> {
+        let remote = stream.remote;
         let id = self.next_link.fetch_add(1, Ordering::Relaxed) + 1;
         let link = link_address(id);
         let (frames, mut queued) = mpsc::channel::<Bytes>(LINK_QUEUE);
@@ -411,8 +412,8 @@ impl DemuxSocket {
             }
             links.insert(link, Link { frames, remote });
         }
-        let (mut reader, mut writer) = stream.into_split();
-        crate::spawn(async move {
+        let (mut reader, mut writer) = tokio::io::split(stream.io);
+        self.tasks.spawn(async move {
             while let Some(datagram) = queued.recv().await {
                 let header = (datagram.len() as u16).to_be_bytes();
                 if writer.write_all(&header).await.is_err()
@@ -423,7 +424,7 @@ impl DemuxSocket {
             }
         });
         let socket = Arc::downgrade(self);
-        crate::spawn(async move {
+        self.tasks.spawn(async move {
             let mut buf = vec![0u8; u16::MAX as usize];
             let mut deadline = LINK_FIRST_DATAGRAM;
             loop {
@@ -654,51 +655,6 @@ impl AsyncUdpSocket for DemuxSocket {
 
     fn may_fragment(&self) -> bool {
         self.inner.may_fragment()
-    }
-}
-
-/// The socket buffer sizes the kernel actually granted.
-#[derive(Debug, Clone, Copy)]
-pub struct BufferSizes {
-    pub receive: usize,
-    pub send: usize,
-}
-
-/// Linux's default 208 KiB receive buffer drops packets under quinn at loopback speed; ask for
-/// `bytes` (past rmem_max with CAP_NET_ADMIN via the FORCE options) and report what we got.
-pub fn set_buffer_sizes(socket: &std::net::UdpSocket, bytes: usize) -> BufferSizes {
-    let fd = socket.as_raw_fd();
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    let set = |forced: libc::c_int, plain: libc::c_int| {
-        // SAFETY: setsockopt with a pointer to a live c_int and its exact size.
-        unsafe {
-            let ptr = &value as *const libc::c_int as *const libc::c_void;
-            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            if libc::setsockopt(fd, libc::SOL_SOCKET, forced, ptr, len) != 0 {
-                libc::setsockopt(fd, libc::SOL_SOCKET, plain, ptr, len);
-            }
-        }
-    };
-    let get = |option: libc::c_int| {
-        let mut out: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt into a live c_int with its size.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                &mut out as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            );
-        }
-        out.max(0) as usize
-    };
-    set(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
-    set(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
-    BufferSizes {
-        receive: get(libc::SO_RCVBUF),
-        send: get(libc::SO_SNDBUF),
     }
 }
 

@@ -22,16 +22,13 @@ fn encode(message: &stun_rs::StunMessage) -> Vec<u8> {
     buf
 }
 
-pub fn binding_request() -> (TransactionId, Vec<u8>) {
+/// A Binding request with transaction id `id` (12 random bytes).
+pub fn binding_request(id: TransactionId) -> (TransactionId, Vec<u8>) {
     let software = Software::new(REQUEST_SOFTWARE).expect("a short SOFTWARE value");
     let message = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_transaction_id(stun_rs::TransactionId::from(id))
         .with_attribute(software)
         .build();
-    let id: TransactionId = message
-        .transaction_id()
-        .as_ref()
-        .try_into()
-        .expect("STUN transaction ids are 12 bytes");
     (id, encode(&message))
 }
 
@@ -76,7 +73,7 @@ mod tests {
 
     #[test]
     fn request_answer_round_trip_without_amplification() {
-        let (id, request) = binding_request();
+        let (id, request) = binding_request([7; 12]);
         for from in ["192.0.2.7:4242", "[2001:db8::7]:4242"] {
             let from: SocketAddr = from.parse().unwrap();
             let answer = answer_binding_request(&request, from).expect("answered");

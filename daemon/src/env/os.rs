@@ -1,0 +1,209 @@
+//! The real outside world: the OS's sockets, interfaces, resolver, clock, random source and
+//! files. The only node code that binds sockets, reads the wall clock, asks the OS for
+//! randomness or writes files (`.ci/check-env` holds everything else to that).
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use quinn::Runtime;
+use tern_proto::SecretIdentity;
+
+use super::{BoundUdp, BoxFuture, BufferSizes, Env, LinkListener, LinkStream};
+use crate::home::{Home, HomeError};
+use crate::node::{Node, NodeError, TransportConfig};
+use crate::transport::paths::canonical;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsEnv;
+
+impl OsEnv {
+    pub fn shared() -> Arc<dyn Env> {
+        Arc::new(OsEnv)
+    }
+}
+
+impl Env for OsEnv {
+    fn bind_udp(&self, at: SocketAddr, buffer_bytes: usize) -> io::Result<BoundUdp> {
+        wrap_udp(std::net::UdpSocket::bind(at)?, buffer_bytes)
+    }
+
+    fn listen_tcp(&self, at: SocketAddr) -> io::Result<Box<dyn LinkListener>> {
+        let listener = std::net::TcpListener::bind(at)?;
+        listener.set_nonblocking(true)?;
+        Ok(Box::new(tokio::net::TcpListener::from_std(listener)?))
+    }
+
+    fn connect_tcp(&self, to: SocketAddr) -> BoxFuture<'_, io::Result<LinkStream>> {
+        Box::pin(async move { tcp_link(tokio::net::TcpStream::connect(to).await?) })
+    }
+
+    fn interface_addresses(&self) -> Vec<IpAddr> {
+        interface_addresses()
+    }
+
+    fn lookup_host(&self, host: String) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host(host).await?.collect()) })
+    }
+
+    fn wall_clock(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn fill_random(&self, bytes: &mut [u8]) {
+        getrandom::fill(bytes).expect("the OS random source");
+    }
+
+    fn prepare_home(&self, home: &Home) -> Result<(), HomeError> {
+        home.ensure_dir()?;
+        home.check_private()
+    }
+
+    fn load_or_create_identity(&self, home: &Home) -> Result<SecretIdentity, HomeError> {
+        home.load_or_create_identity()
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        write_atomically(path, bytes)
+    }
+}
+
+/// A UDP socket bound elsewhere (inside a network namespace, say), sized and made ready for
+/// quinn.
+pub fn wrap_udp(socket: std::net::UdpSocket, buffer_bytes: usize) -> io::Result<BoundUdp> {
+    socket.set_nonblocking(true)?;
+    let buffers = set_buffer_sizes(&socket, buffer_bytes);
+    let socket = quinn::TokioRuntime.wrap_udp_socket(socket)?;
+    Ok(BoundUdp { socket, buffers })
+}
+
+fn tcp_link(stream: tokio::net::TcpStream) -> io::Result<LinkStream> {
+    let remote = canonical(stream.peer_addr()?);
+    let _ = stream.set_nodelay(true);
+    Ok(LinkStream {
+        io: Box::new(stream),
+        remote,
+    })
+}
+
+impl LinkListener for tokio::net::TcpListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
+        Box::pin(async move { tcp_link(tokio::net::TcpListener::accept(self).await?.0) })
+    }
+}
+
+/// Linux's default 208 KiB receive buffer drops packets under quinn at loopback speed; ask for
+/// `bytes` (past rmem_max with CAP_NET_ADMIN via the FORCE options) and report what we got.
+pub fn set_buffer_sizes(socket: &std::net::UdpSocket, bytes: usize) -> BufferSizes {
+    let fd = socket.as_raw_fd();
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    let set = |forced: libc::c_int, plain: libc::c_int| {
+        // SAFETY: setsockopt with a pointer to a live c_int and its exact size.
+        unsafe {
+            let ptr = &value as *const libc::c_int as *const libc::c_void;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, forced, ptr, len) != 0 {
+                libc::setsockopt(fd, libc::SOL_SOCKET, plain, ptr, len);
+            }
+        }
+    };
+    let get = |option: libc::c_int| {
+        let mut out: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt into a live c_int with its size.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                &mut out as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            );
+        }
+        out.max(0) as usize
+    };
+    set(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF);
+    set(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF);
+    BufferSizes {
+        receive: get(libc::SO_RCVBUF),
+        send: get(libc::SO_SNDBUF),
+    }
+}
+
+/// Replaces `path` with `bytes` so that a crash at any point leaves either the old or the new
+/// file, never a torn one: a private (0600) temp file, synced, renamed over `path`, and the
+/// directory synced so the rename itself survives a power cut.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The host's interface addresses that are up, loopback last.
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list that we walk read-only and free exactly once.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return vec![IpAddr::from([127, 0, 0, 1])];
+        }
+        let mut cursor = head;
+        while !cursor.is_null() {
+            let entry = &*cursor;
+            let up = entry.ifa_flags & libc::IFF_UP as u32 != 0;
+            if up && !entry.ifa_addr.is_null() {
+                match i32::from((*entry.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                        addresses.push(IpAddr::from(
+                            u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        // Link-local addresses need a scope id a record cannot carry.
+                        if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                            addresses.push(IpAddr::V6(ip));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cursor = entry.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    addresses.sort_by_key(|ip| ip.is_loopback());
+    addresses
+}
+
+/// A [`Node`] on a UDP socket the caller bound, with everything else from the OS.
+pub fn start_node(
+    identity: SecretIdentity,
+    socket: std::net::UdpSocket,
+    config: TransportConfig,
+) -> Result<Node, NodeError> {
+    let socket = wrap_udp(socket, config.socket_buffer_bytes).map_err(NodeError::Socket)?;
+    Node::start(identity, socket, OsEnv::shared(), config)
+}
