@@ -2,8 +2,6 @@
 //! daemon's user (or root) are served. Frames are specified in `tern_proto::api`; a `dial` or
 //! `accept` turns its connection into the overlay stream, spliced without framing.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use serde_json::{Value, json};
 use tern_proto::api::{DatagramFrame, PAGE_BUDGET, Request, Response, page};
 use tern_proto::{Address, Name};
 use tokio::io::AsyncReadExt;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
@@ -28,26 +26,6 @@ const SPLICE_BUFFER: usize = 64 * 1024;
 const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Reset code when the local side of a splice failed.
 const STREAM_BROKEN: u32 = 1;
-
-/// Binds the socket, refusing to take it from a daemon that still answers on it.
-pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                format!(
-                    "a ternd already serves {}; stop it first or use another --home",
-                    path.display()
-                ),
-            ));
-        }
-        // Left by a daemon that did not shut down cleanly.
-        std::fs::remove_file(path)?;
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
 
 /// Serves the local API on `listener` until the daemon goes (`Daemon::serve_api` runs it as
 /// one of the node's tasks).

@@ -320,7 +320,7 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Serves the local API on `listener` (`api::bind`), as one of the node's tasks.
+    /// Serves the local API on `listener` (`env::os::bind_local_api`), as one of the node's tasks.
     pub fn serve_api(&self, listener: tokio::net::UnixListener) {
         self.node
             .spawn(crate::api::serve(self.me.clone(), listener));

@@ -1199,18 +1199,28 @@ impl Node {
         peers
     }
 
-    /// Closes every connection and waits (bounded) for the peers to be told.
+    /// Closes every connection and waits (bounded) for the peers to be told and the
+    /// connections to drain.
     pub async fn close(&self) {
         self.shared.endpoint.close(0u32.into(), b"node shut down");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(2), self.shared.endpoint.wait_idle()).await;
+        // quinn holds the socket until closed connections have drained (3 PTO: about 3 s
+        // for a connection whose RTT estimate is still the initial one).
+        let _ = tokio::time::timeout(DRAIN_WAIT, self.shared.endpoint.wait_idle()).await;
     }
 
-    /// Closes every connection as `close` does, then stops all of the node's tasks. Once the
-    /// last handle is dropped too, the socket and TCP listener are free.
+    /// Closes every connection, stops all of the node's tasks and waits until they have ended
+    /// and the connections have drained; once the last handle is dropped too, the socket is
+    /// free when quinn's endpoint driver next runs. Not for the node's own tasks to call: it
+    /// would wait for itself.
     pub async fn stop(&self) {
+        self.shared.endpoint.close(0u32.into(), b"node shut down");
+        self.shared.tasks.shutdown().await;
+        {
+            let mut state = self.shared.state();
+            state.peers.clear();
+            state.connections.clear();
+        }
         self.close().await;
-        self.stop_tasks();
     }
 
     /// Stops all of the node's tasks at once (each at its next await point).
@@ -1218,6 +1228,9 @@ impl Node {
         self.shared.tasks.stop();
     }
 }
+
+/// How long `stop` waits for closed connections to drain.
+const DRAIN_WAIT: Duration = Duration::from_secs(4);
 
 /// A peer reached at a private-network address shares a network with this node: no NAT
 /// between the two. (Loopback counts as direct: the same host.)

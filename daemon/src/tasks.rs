@@ -11,12 +11,17 @@ use tracing::Instrument;
 #[derive(Debug, Default)]
 pub struct Tasks {
     set: Mutex<JoinSet<()>>,
+    /// Set by `shutdown`: tasks started after it are dropped, not run.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Tasks {
     /// Starts `task` in the span it is started from: a node's tasks (and theirs) carry the
     /// node's span, so with many nodes in one process each log line says whose it is.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut set = self.set.lock().expect("task set lock");
         // Reap finished tasks as new ones come, so the set holds only live ones.
         while set.try_join_next().is_some() {}
@@ -26,6 +31,15 @@ impl Tasks {
     /// Aborts every task; each is dropped at its next await point.
     pub fn stop(&self) {
         self.set.lock().expect("task set lock").abort_all();
+    }
+
+    /// Aborts every task and waits until all have ended. Never call it from one of these
+    /// tasks: it would wait for itself.
+    pub async fn shutdown(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut set = std::mem::take(&mut *self.set.lock().expect("task set lock"));
+        set.shutdown().await;
     }
 
     /// Tasks running.

@@ -18,7 +18,7 @@ const CHUNK: usize = 256 * 1024;
 async fn start(home: &std::path::Path, rendezvous: Vec<String>) -> (Arc<Daemon>, Client) {
     let home = Home::at(home);
     home.ensure_dir().expect("home");
-    let api = tern_daemon::api::bind(&home.socket_path())
+    let api = tern_daemon::env::os::bind_local_api(&home.socket_path())
         .await
         .expect("socket");
     let daemon = Daemon::start(

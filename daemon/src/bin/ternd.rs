@@ -150,7 +150,7 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let socket_path = home.socket_path();
-        let api = tern_daemon::api::bind(&socket_path)
+        let api = tern_daemon::env::os::bind_local_api(&socket_path)
             .await
             .with_context(|| format!("opening the local API socket {}", socket_path.display()))?;
         let daemon = Daemon::start(config, OsEnv::shared()).context("starting the node")?;

@@ -75,6 +75,27 @@ impl Env for OsEnv {
     }
 }
 
+/// Binds the local API socket (mode 0600), refusing to take it from a daemon that still answers on it.
+pub async fn bind_local_api(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "a ternd already serves {}; stop it first or use another --home",
+                    path.display()
+                ),
+            ));
+        }
+        // Left by a daemon that did not shut down cleanly.
+        std::fs::remove_file(path)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// A UDP socket bound elsewhere (inside a network namespace, say), sized and made ready for
 /// quinn.
 pub fn wrap_udp(socket: std::net::UdpSocket, buffer_bytes: usize) -> io::Result<BoundUdp> {

@@ -1,0 +1,83 @@
+//! The in-process simulator: real tern nodes (the code `ternd` runs, through its `Env`) on a
+//! simulated network, under tokio's paused clock, repeatable from a seed.
+//!
+//! - [`net`]: the network — UDP sockets, datagrams delivered after a link latency in the
+//!   order they were sent, a trace of every datagram; TCP links as in-memory pipes.
+//! - [`env`]: one host's `Env` — its address on that network, a wall clock that follows
+//!   virtual time, a seeded random source, and a disk in memory that outlives its node.
+//! - [`app`]: an app on a host, speaking a node's local API over an in-memory pipe.
+//!
+//! Run it on a current-thread runtime with paused time
+//! (`Builder::new_current_thread().enable_all().start_paused(true)`): with one thread and a
+//! clock that only moves when every task waits, the same seed gives the same run.
+
+pub mod app;
+pub mod env;
+pub mod net;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig, DaemonError};
+use tern_daemon::home::Home;
+use tern_proto::Name;
+
+pub use app::App;
+pub use env::SimEnv;
+pub use net::{Network, TraceEntry};
+
+/// A simulated internet and the hosts on it.
+pub struct Sim {
+    seed: u64,
+    network: Arc<Network>,
+    hosts: Mutex<BTreeMap<Ipv4Addr, Arc<SimEnv>>>,
+}
+
+impl Sim {
+    /// A network whose links all take `latency` one way. Must run inside the runtime the
+    /// nodes will run on (its delivery task starts here).
+    pub fn new(seed: u64, latency: Duration) -> Self {
+        Self {
+            seed,
+            network: Network::start(latency),
+            hosts: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The host at `ip`, made on first use. A host keeps its disk across node restarts.
+    pub fn host(&self, ip: Ipv4Addr) -> Arc<SimEnv> {
+        let mut hosts = self.hosts.lock().expect("host table lock");
+        hosts
+            .entry(ip)
+            .or_insert_with(|| {
+                let seed = self.seed ^ u64::from(u32::from(ip)).rotate_left(32);
+                Arc::new(SimEnv::new(ip, self.network.clone(), seed))
+            })
+            .clone()
+    }
+
+    pub fn network(&self) -> &Arc<Network> {
+        &self.network
+    }
+
+    /// Starts a node on `ip` (port 7440, home `/sim/IP`) that registers with `rendezvous`
+    /// (`IP:PORT` each; none: it is its own) and claims `name`. Started again on the same
+    /// host, it finds its home as it left it.
+    pub fn start_node(
+        &self,
+        ip: Ipv4Addr,
+        rendezvous: &[SocketAddr],
+        name: Option<Name>,
+    ) -> Result<Arc<Daemon>, DaemonError> {
+        let host = self.host(ip);
+        let mut config = DaemonConfig::new(
+            Home::at(format!("/sim/{ip}")),
+            SocketAddr::from((ip, DEFAULT_PORT)),
+            rendezvous.iter().map(SocketAddr::to_string).collect(),
+        );
+        config.hostname = name;
+        Daemon::start(config, host)
+    }
+}

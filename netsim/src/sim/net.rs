@@ -1,0 +1,352 @@
+//! The simulated network. Every datagram sent is traced (virtual time, source, destination,
+//! length) and delivered one link latency later, in the order sent; a socket's inbox holds
+//! a bounded number of datagrams, like a kernel's buffer, and drops the rest.
+
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use tern_daemon::env::{BoxFuture, LinkListener, LinkStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+/// Datagrams a socket holds unread before it drops new ones.
+const INBOX_DATAGRAMS: usize = 4096;
+/// Bytes each way of a TCP link's in-memory pipe.
+const TCP_PIPE_BYTES: usize = 256 << 10;
+/// Ports handed out for binds to port 0, as a kernel's ephemeral range.
+const FIRST_EPHEMERAL_PORT: u16 = 40000;
+
+/// One datagram as it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceEntry {
+    /// Virtual time since the network started.
+    pub at: Duration,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub len: usize,
+}
+
+#[derive(Debug)]
+pub struct Network {
+    state: Mutex<NetState>,
+    /// Wakes the delivery task when a datagram is queued.
+    queued: Notify,
+    latency: Duration,
+    started: Instant,
+}
+
+#[derive(Debug, Default)]
+struct NetState {
+    sockets: BTreeMap<SocketAddr, Weak<Inbox>>,
+    tcp_listeners: BTreeMap<SocketAddr, mpsc::Sender<LinkStream>>,
+    in_flight: BinaryHeap<InFlight>,
+    sent: u64,
+    trace: Vec<TraceEntry>,
+    next_port: BTreeMap<IpAddr, u16>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    deliver_at: Instant,
+    /// Send order: the tie-break that keeps delivery order fixed.
+    seq: u64,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Bytes,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deliver_at, self.seq) == (other.deliver_at, other.seq)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    /// Reversed: the heap's top is the earliest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.deliver_at, other.seq).cmp(&(self.deliver_at, self.seq))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    datagrams: Mutex<VecDeque<(SocketAddr, Bytes)>>,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Network {
+    /// Starts the network's delivery task on the current runtime.
+    pub fn start(latency: Duration) -> Arc<Self> {
+        let network = Arc::new(Self {
+            state: Mutex::default(),
+            queued: Notify::new(),
+            latency,
+            started: Instant::now(),
+        });
+        // It holds the network until the runtime ends (the simulation with it).
+        tokio::spawn(deliver(network.clone()));
+        network
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, NetState> {
+        self.state.lock().expect("network lock")
+    }
+
+    /// Virtual time since the network started.
+    pub fn elapsed(&self) -> Duration {
+        Instant::now() - self.started
+    }
+
+    /// Every datagram sent so far.
+    pub fn trace(&self) -> Vec<TraceEntry> {
+        self.state().trace.clone()
+    }
+
+    pub fn bind_udp(self: &Arc<Self>, at: SocketAddr) -> io::Result<Arc<SimSocket>> {
+        let mut state = self.state();
+        let at = state.assign_port(at, |state, at| {
+            state.sockets.get(&at).is_some_and(|s| s.strong_count() > 0)
+        })?;
+        let inbox = Arc::new(Inbox::default());
+        state.sockets.insert(at, Arc::downgrade(&inbox));
+        Ok(Arc::new(SimSocket {
+            network: self.clone(),
+            local: at,
+            inbox,
+        }))
+    }
+
+    pub fn listen_tcp(self: &Arc<Self>, at: SocketAddr) -> io::Result<SimTcpListener> {
+        let mut state = self.state();
+        let at = state.assign_port(at, |state, at| {
+            state.tcp_listeners.get(&at).is_some_and(|l| !l.is_closed())
+        })?;
+        let (tx, rx) = mpsc::channel(128);
+        state.tcp_listeners.insert(at, tx);
+        Ok(SimTcpListener {
+            accepted: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// A TCP connection from `from_ip` to a listener at `to`: an in-memory pipe, which
+    /// neither latency nor the trace covers yet.
+    pub async fn connect_tcp(&self, from_ip: IpAddr, to: SocketAddr) -> io::Result<LinkStream> {
+        let (listener, from) = {
+            let mut state = self.state();
+            let listener = state.tcp_listeners.get(&to).cloned();
+            let from = state.assign_port(SocketAddr::new(from_ip, 0), |_, _| false)?;
+            (listener, from)
+        };
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let listener = listener.ok_or_else(refused)?;
+        let (ours, theirs) = tokio::io::duplex(TCP_PIPE_BYTES);
+        let theirs = LinkStream {
+            io: Box::new(theirs),
+            remote: from,
+        };
+        listener.send(theirs).await.map_err(|_| refused())?;
+        Ok(LinkStream {
+            io: Box::new(ours),
+            remote: to,
+        })
+    }
+
+    fn send(&self, from: SocketAddr, to: SocketAddr, data: Bytes) {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.trace.push(TraceEntry {
+            at: now - self.started,
+            from,
+            to,
+            len: data.len(),
+        });
+        let seq = state.sent;
+        state.sent += 1;
+        state.in_flight.push(InFlight {
+            deliver_at: now + self.latency,
+            seq,
+            from,
+            to,
+            data,
+        });
+        drop(state);
+        self.queued.notify_one();
+    }
+}
+
+impl NetState {
+    /// `at` itself, or for port 0 the next free ephemeral port of its IP.
+    fn assign_port(
+        &mut self,
+        at: SocketAddr,
+        taken: impl Fn(&Self, SocketAddr) -> bool,
+    ) -> io::Result<SocketAddr> {
+        if at.port() != 0 {
+            return match taken(self, at) {
+                true => Err(io::Error::from(io::ErrorKind::AddrInUse)),
+                false => Ok(at),
+            };
+        }
+        for _ in 0..u16::MAX {
+            let next = self
+                .next_port
+                .entry(at.ip())
+                .or_insert(FIRST_EPHEMERAL_PORT);
+            let candidate = SocketAddr::new(at.ip(), *next);
+            *next = next.checked_add(1).unwrap_or(FIRST_EPHEMERAL_PORT);
+            if !taken(self, candidate) {
+                return Ok(candidate);
+            }
+        }
+        Err(io::Error::from(io::ErrorKind::AddrNotAvailable))
+    }
+}
+
+/// Hands each datagram to its destination's inbox when its time comes.
+async fn deliver(net: Arc<Network>) {
+    loop {
+        let now = Instant::now();
+        let mut next = None;
+        let mut woken = Vec::new();
+        {
+            let mut state = net.state();
+            while let Some(top) = state.in_flight.peek() {
+                if top.deliver_at > now {
+                    next = Some(top.deliver_at);
+                    break;
+                }
+                let packet = state.in_flight.pop().expect("peeked");
+                let Some(inbox) = state.sockets.get(&packet.to).and_then(Weak::upgrade) else {
+                    continue;
+                };
+                let mut datagrams = inbox.datagrams.lock().expect("inbox lock");
+                if datagrams.len() < INBOX_DATAGRAMS {
+                    datagrams.push_back((packet.from, packet.data));
+                }
+                drop(datagrams);
+                if let Some(waker) = inbox.waker.lock().expect("waker lock").take() {
+                    woken.push(waker);
+                }
+            }
+        }
+        woken.into_iter().for_each(Waker::wake);
+        let queued = net.queued.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    biased;
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = queued => {}
+                }
+            }
+            None => queued.await,
+        }
+    }
+}
+
+/// A UDP socket on the simulated network; unbound when dropped.
+#[derive(Debug)]
+pub struct SimSocket {
+    network: Arc<Network>,
+    local: SocketAddr,
+    inbox: Arc<Inbox>,
+}
+
+#[derive(Debug)]
+struct AlwaysWritable;
+
+impl UdpPoller for AlwaysWritable {
+    fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncUdpSocket for SimSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(AlwaysWritable)
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let segment = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for datagram in transmit.contents.chunks(segment) {
+            self.network.send(
+                self.local,
+                transmit.destination,
+                Bytes::copy_from_slice(datagram),
+            );
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let mut datagrams = self.inbox.datagrams.lock().expect("inbox lock");
+        if datagrams.is_empty() {
+            *self.inbox.waker.lock().expect("waker lock") = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut n = 0;
+        for (buf, meta) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let Some((from, data)) = datagrams.pop_front() else {
+                break;
+            };
+            let len = data.len().min(buf.len());
+            buf[..len].copy_from_slice(&data[..len]);
+            *meta = RecvMeta {
+                addr: from,
+                len,
+                stride: len,
+                ecn: None,
+                dst_ip: Some(self.local.ip()),
+            };
+            n += 1;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn may_fragment(&self) -> bool {
+        // No path MTU discovery on a network without an MTU.
+        true
+    }
+}
+
+pub struct SimTcpListener {
+    accepted: tokio::sync::Mutex<mpsc::Receiver<LinkStream>>,
+}
+
+impl LinkListener for SimTcpListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<LinkStream>> {
+        Box::pin(async move {
+            self.accepted
+                .lock()
+                .await
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+        })
+    }
+}
