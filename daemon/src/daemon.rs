@@ -15,7 +15,6 @@ use tern_proto::{Address, Name, TargetError};
 use tokio::io::AsyncWriteExt;
 
 use crate::TransportConfig;
-use crate::backoff::Backoff;
 use crate::env::{BoundUdp, Env, EnvExt};
 use crate::home::{Home, HomeError};
 use crate::names::{NAMES_FILE, NameBook, PinMismatch};
@@ -23,9 +22,9 @@ use crate::node::{
     Access, Datagram, DatagramError, DialError, Listener, Node, NodeError, OverlayStream,
     ProbeError,
 };
+use crate::rendezvous::registration::{REFRESH_INTERVAL, Registered, Registration, Step};
 use crate::rendezvous::{
-    self, PUNCH_WINDOW, RECORD_LIFETIME, REFRESH_INTERVAL, RateLimiter, RegisterError, Registry,
-    RendezvousError,
+    self, PUNCH_WINDOW, RECORD_LIFETIME, RateLimiter, RegisterError, Registry, RendezvousError,
 };
 use crate::servers::{KeyCheck, SERVERS_FILE, ServerPins, ServerSpec, SpecError};
 use crate::store::{JsonFile, StoreError};
@@ -35,6 +34,7 @@ use crate::traversal::{self, Asker, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// The UDP port `ternd` listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7440;
@@ -971,122 +971,141 @@ async fn persist_records(daemon: std::sync::Weak<Daemon>, claimed: Arc<tokio::sy
     }
 }
 
-/// Registers with one rendezvous server and refreshes; retries with capped, jittered backoff.
+/// Registers with one rendezvous server and keeps the registration fresh: the shell of its
+/// [`Registration`] machine, which decides every step and wait.
 async fn keep_registered(daemon: std::sync::Weak<Daemon>, index: usize, jitter_seed: u64) {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), jitter_seed);
+    let mut machine = Registration::new(jitter_seed);
+    let mut server = None;
+    // Watch the connection for loss only after a round that registered: once lost, the
+    // machine's back-off is the wait.
+    let mut watch_connection = false;
     loop {
         let Some(d) = daemon.upgrade() else { return };
         let spec = d.servers.lock().expect("server state lock")[index]
             .server
             .clone();
-        let outcome = register_once(&d, &spec).await;
-        // A server that restarted (or a path that broke) is registered with again at once.
-        let lost = match &outcome {
-            Ok((server, _)) => Some(d.node.disconnected(*server)),
-            Err(_) => None,
-        };
-        let wait = {
-            let mut servers = d.servers.lock().expect("server state lock");
-            let state = &mut servers[index];
-            match outcome {
-                Ok((address, observed)) => {
-                    if !state.registered {
-                        tracing::info!(server = %spec, rendezvous = %address, %observed, "registered");
-                    }
-                    state.address = Some(address);
-                    state.registered = true;
-                    state.observed = Some(observed);
-                    state.last_error = None;
-                    REFRESH_INTERVAL
+        let before = (machine.is_registered(), machine.last_error().is_some());
+        while let Some(step) = machine.poll_step() {
+            match step {
+                Step::Reach => {
+                    let reached = d.reach_server(&spec).await;
+                    server = reached.as_ref().ok().copied();
+                    machine.handle_reached(Instant::now(), reached.map(|_| ()));
                 }
-                Err(e) => {
-                    // One warning per failure streak: a peer cannot make us flood the log.
-                    if state.last_error.is_none() {
-                        tracing::warn!(server = %spec, error = %e, "cannot register with rendezvous; retrying");
+                Step::Stun => {
+                    if let Some(server) = server {
+                        d.learn_reflexive(&spec, server).await;
                     }
-                    state.registered = false;
-                    state.last_error = Some(e);
-                    backoff.failed()
+                    machine.handle_stunned();
+                }
+                Step::Register { with_name } => {
+                    let outcome = match server {
+                        Some(server) => d.register_at(&spec, server, with_name).await,
+                        None => Registered::Failed("the rendezvous is not reached".into()),
+                    };
+                    machine.handle_registered(Instant::now(), outcome);
                 }
             }
+            watch_connection = machine.is_registered();
+        }
+        d.note_registration(index, &machine, server, before);
+        let lost = match (watch_connection, server) {
+            (true, Some(server)) => Some(d.node.disconnected(server)),
+            _ => None,
         };
         drop(d);
+        let at = machine
+            .poll_timeout()
+            .expect("a registration with no step to do waits");
         match lost {
-            // Registered: refresh in a while, or at once (after a jittered back-off, so that a
-            // server that keeps dropping its clients is not hammered) when the connection goes.
             Some(lost) => tokio::select! {
-                _ = tokio::time::sleep(wait) => backoff.reset(),
+                biased;
+                _ = tokio::time::sleep_until(at) => {}
                 _ = lost => {
                     tracing::info!(server = %spec, "connection to the rendezvous lost; registering again");
-                    tokio::time::sleep(backoff.failed()).await;
+                    watch_connection = false;
+                    machine.handle_connection_lost(Instant::now());
                 }
             },
-            None => tokio::time::sleep(wait).await,
+            None => tokio::time::sleep_until(at).await,
         }
+        machine.handle_timeout(Instant::now());
     }
 }
 
-async fn register_once(daemon: &Daemon, spec: &str) -> Result<(Address, SocketAddr), String> {
-    let server = daemon.reach_server(spec).await?;
-    // Learn the reflexive address first (STUN to the rendezvous's UDP port), so that the
-    // record already carries it; the registration's answer confirms it.
-    let reflexive = match daemon.node.remote_of(server).filter(|at| !is_link(at)) {
-        Some(at) => tokio::time::timeout(STUN_WAIT, daemon.node.stun(at))
-            .await
-            .unwrap_or(Err(ProbeError::Timeout(STUN_WAIT))),
-        None => Err(ProbeError::UnknownPeer(server)),
-    };
-    match reflexive {
-        Ok(reflexive) => {
-            tracing::debug!(server = %spec, %reflexive, "reflexive address from STUN");
-            let mut servers = daemon.servers.lock().expect("server state lock");
-            if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
-                state.observed = Some(canonical(reflexive));
+impl Daemon {
+    /// Learns this node's reflexive address by STUN to the rendezvous's UDP port, so that the
+    /// record carries it; the registration's answer confirms it.
+    async fn learn_reflexive(&self, spec: &str, server: Address) {
+        let reflexive = match self.node.remote_of(server).filter(|at| !is_link(at)) {
+            Some(at) => tokio::time::timeout(STUN_WAIT, self.node.stun(at))
+                .await
+                .unwrap_or(Err(ProbeError::Timeout(STUN_WAIT))),
+            None => Err(ProbeError::UnknownPeer(server)),
+        };
+        match reflexive {
+            Ok(reflexive) => {
+                tracing::debug!(server = %spec, %reflexive, "reflexive address from STUN");
+                self.set_observed(spec, canonical(reflexive));
             }
+            Err(e) => tracing::debug!(server = %spec, error = %e, "no reflexive address from STUN"),
         }
-        Err(e) => tracing::debug!(server = %spec, error = %e, "no reflexive address from STUN"),
     }
-    let observed = canonical(register_record(daemon, spec, server).await?);
-    let known = daemon.endpoints().contains(&observed);
-    {
-        let mut servers = daemon.servers.lock().expect("server state lock");
+
+    /// Registers this node's record (claiming its name if `with_name`) at `server`.
+    async fn register_at(&self, spec: &str, server: Address, with_name: bool) -> Registered {
+        match register_fresh(self, server, with_name).await {
+            Ok(observed) => {
+                let observed = canonical(observed);
+                let observed_known = self.endpoints().contains(&observed);
+                self.set_observed(spec, observed);
+                Registered::Stored { observed_known }
+            }
+            Err(e @ RendezvousError::NameTaken { .. }) if with_name => {
+                Registered::NameTaken(e.to_string())
+            }
+            Err(e) => Registered::Failed(e.to_string()),
+        }
+    }
+
+    fn set_observed(&self, spec: &str, observed: SocketAddr) {
+        let mut servers = self.servers.lock().expect("server state lock");
         if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
             state.observed = Some(observed);
         }
     }
-    if !known {
-        // Publish the address the rendezvous saw too (the NAT's, seen from outside).
-        register_record(daemon, spec, server).await?;
-    }
-    Ok((server, observed))
-}
 
-/// Registers this node's record with its name; if another key holds the name there, notes
-/// why and registers without it, so the node stays reachable by address.
-async fn register_record(
-    daemon: &Daemon,
-    spec: &str,
-    server: Address,
-) -> Result<SocketAddr, String> {
-    let named = register_fresh(daemon, server, true).await;
-    let refused = match &named {
-        Err(e @ RendezvousError::NameTaken { .. }) => Some(e.to_string()),
-        _ => None,
-    };
-    {
-        let mut servers = daemon.servers.lock().expect("server state lock");
-        if let Some(state) = servers.iter_mut().find(|s| s.server == spec) {
-            if refused.is_some() && state.name_refused != refused {
-                tracing::error!(server = %spec, reason = refused.as_deref().unwrap_or_default(), "name not taken");
+    /// Shows a registration's state in `status`, and logs its changes: once per failure
+    /// streak, so that a peer cannot make this node flood its log.
+    fn note_registration(
+        &self,
+        index: usize,
+        machine: &Registration,
+        server: Option<Address>,
+        (was_registered, was_failing): (bool, bool),
+    ) {
+        let mut servers = self.servers.lock().expect("server state lock");
+        let state = &mut servers[index];
+        let spec = state.server.clone();
+        if machine.is_registered() {
+            state.address = server;
+            if !was_registered {
+                tracing::info!(server = %spec, rendezvous = ?server, observed = ?state.observed, "registered");
             }
-            state.name_refused = refused.clone();
         }
+        if let Some(e) = machine.last_error()
+            && !was_failing
+        {
+            tracing::warn!(server = %spec, error = %e, "cannot register with rendezvous; retrying");
+        }
+        let refused = machine.name_refused().map(str::to_owned);
+        if refused.is_some() && state.name_refused != refused {
+            tracing::error!(server = %spec, reason = refused.as_deref().unwrap_or_default(), "name not taken");
+        }
+        state.registered = machine.is_registered();
+        state.last_error = machine.last_error().map(str::to_owned);
+        state.name_refused = refused;
     }
-    match named {
-        Err(RendezvousError::NameTaken { .. }) => register_fresh(daemon, server, false).await,
-        other => other,
-    }
-    .map_err(|e| e.to_string())
 }
 
 /// Registers this node's record; if the server holds a newer one (made before this node's

@@ -37,6 +37,7 @@ use crate::transport::handshake::{self, HandshakeError, Verified};
 use crate::transport::paths::{Route, is_link, source_key};
 use crate::transport::socket::{DemuxSocket, Diverted, Relayed};
 use crate::transport::stun;
+use crate::traversal::punch::{Outcome, PROBE_INTERVAL, Probed, Punch};
 
 /// Tunables of the transport. The defaults suit the open internet behind home NATs.
 #[derive(Debug, Clone)]
@@ -1077,53 +1078,53 @@ impl Node {
         candidates: &[SocketAddr],
         within: Duration,
     ) -> Option<SocketAddr> {
-        let deadline = tokio::time::Instant::now() + within;
+        let mut punch = Punch::new(Instant::now(), candidates, within);
         let mut probes = tokio::task::JoinSet::new();
-        let mut probing = Vec::new();
-        let spawn = |candidate: SocketAddr,
-                     probing: &mut Vec<SocketAddr>,
-                     probes: &mut tokio::task::JoinSet<Option<SocketAddr>>| {
-            if probing.contains(&candidate) || probing.len() > tern_proto::record::MAX_ENDPOINTS {
-                return;
+        loop {
+            let now = Instant::now();
+            // Where the peer's own probes came from: its NAT's mapping towards us.
+            let reflexive = self
+                .shared
+                .state()
+                .known
+                .get(&peer)
+                .and_then(|k| k.pinged_from);
+            if let Some(reflexive) = reflexive {
+                punch.add_candidate(now, reflexive);
             }
-            probing.push(candidate);
-            let node = self.clone();
-            probes.spawn(async move {
-                while tokio::time::Instant::now() < deadline {
-                    if !node.probe_allowed(peer) {
-                        tokio::time::sleep(PROBE_INTERVAL).await;
-                        continue;
-                    }
-                    match node
+            while let Some(candidate) = punch.poll_probe(now) {
+                if !self.probe_allowed(peer) {
+                    punch.handle_probed(now, candidate, Probed::NotSent);
+                    continue;
+                }
+                let node = self.clone();
+                probes.spawn(async move {
+                    let probed = match node
                         .ping_within(peer, Some(candidate), PROBE_INTERVAL)
                         .await
                     {
-                        Ok(_) => return Some(candidate),
-                        Err(ProbeError::Timeout(_)) => {}
-                        // Unreachable from here (no route, say): do not spin on it.
-                        Err(_) => tokio::time::sleep(PROBE_INTERVAL).await,
-                    }
-                }
-                None
+                        Ok(_) => Probed::Answered,
+                        Err(ProbeError::Timeout(_)) => Probed::Unanswered,
+                        Err(_) => Probed::NotSent,
+                    };
+                    (candidate, probed)
+                });
+            }
+            match punch.outcome(now) {
+                Outcome::Direct(path) => return Some(path),
+                Outcome::GaveUp => return None,
+                Outcome::Punching => {}
+            }
+            // Look for a peer-reflexive candidate a few times per probe interval.
+            let wake = punch.poll_timeout().map_or(now + PROBE_INTERVAL / 3, |at| {
+                at.min(now + PROBE_INTERVAL / 3)
             });
-        };
-        for &candidate in candidates.iter().take(tern_proto::record::MAX_ENDPOINTS) {
-            spawn(candidate, &mut probing, &mut probes);
-        }
-        let mut ticks = tokio::time::interval(PROBE_INTERVAL / 3);
-        loop {
             tokio::select! {
-                done = probes.join_next() => match done {
-                    Some(Ok(Some(candidate))) => return Some(candidate),
-                    Some(_) => {}
-                    None => return None,
-                },
-                _ = ticks.tick(), if tokio::time::Instant::now() < deadline => {
-                    let reflexive = self.shared.state().known.get(&peer).and_then(|k| k.pinged_from);
-                    if let Some(reflexive) = reflexive {
-                        spawn(reflexive, &mut probing, &mut probes);
-                    }
+                biased;
+                Some(Ok((candidate, probed))) = probes.join_next() => {
+                    punch.handle_probed(Instant::now(), candidate, probed);
                 }
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -1271,8 +1272,6 @@ impl ProbeBudget {
 
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often hole punching re-sends a probe to each candidate endpoint.
-const PROBE_INTERVAL: Duration = Duration::from_millis(150);
 
 /// Forgets a ping's id however the wait for its pong ends: answered, timed out, or cancelled
 /// (a path check dropped with its connection), so pending pings cannot pile up.

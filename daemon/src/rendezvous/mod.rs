@@ -7,6 +7,7 @@
 //! withhold a record but never substitute a key, an endpoint or a name. (Relaying happens in
 //! the node's socket layer: see `transport::socket` and `node::forward_relayed`.)
 
+pub mod registration;
 pub mod registry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -72,7 +73,6 @@ impl Default for Limits {
 
 /// How long a record is valid; owners refresh well before.
 pub const RECORD_LIFETIME: Duration = Duration::from_secs(300);
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// How long both sides keep probing each other's endpoints (a probe round every 150 ms).
 pub const PUNCH_WINDOW: Duration = Duration::from_secs(2);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);

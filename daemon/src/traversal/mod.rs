@@ -9,6 +9,10 @@
 //!
 //! [`PathMonitor`] makes the decisions without I/O or a clock of its own (time comes in as
 //! `now`); [`run`] is the thin async shell that sends the probes and applies the switches.
+//! [`punch::Punch`] decides the probes of one hole punch the same way; `Node::probe` is its
+//! shell.
+
+pub mod punch;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Weak;
