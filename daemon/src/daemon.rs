@@ -30,6 +30,7 @@ use crate::servers::{KeyCheck, SERVERS_FILE, ServerPins, ServerSpec, SpecError};
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::{canonical, is_link};
+use crate::traversal::race::{self, Connected, PUNCH_HEAD_START, Race};
 use crate::traversal::{self, Asker, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
@@ -61,8 +62,6 @@ pub(crate) struct CounterFloor {
 const STUN_WAIT: Duration = Duration::from_secs(1);
 /// How long a rendezvous gets to answer over UDP before it is tried over TCP.
 const UDP_FIRST: Duration = Duration::from_secs(3);
-/// The longest a dial waits for punching before it also tries the relay.
-const PUNCH_HEAD_START: Duration = Duration::from_millis(250);
 /// How often changed records are written out (a crash loses at most this much).
 const PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -621,77 +620,93 @@ impl Daemon {
         }
         let (record, via) = self.find(target).await?;
         self.node.learn(&record.identity);
-        let relayed_by = via.and_then(|server| Some((server, self.node.remote_of(server)?)));
-        let Some((server, relay)) = relayed_by else {
-            return self.dial_endpoints(target, &record.endpoints).await;
-        };
-        let punch = self.punch(target, server, relay, &record.endpoints);
-        tokio::pin!(punch);
-        let head_start = self
-            .node
-            .rtt(server)
+        // The rendezvous that introduces us also relays, when this node reaches it directly.
+        let rendezvous = via.and_then(|server| Some((server, self.node.remote_of(server)?)));
+        let head_start = rendezvous
+            .and_then(|(server, _)| self.node.rtt(server))
             .map_or(PUNCH_HEAD_START, |rtt| (rtt * 2).min(PUNCH_HEAD_START))
             + Duration::from_millis(20);
-        let early = tokio::time::timeout(head_start, &mut punch).await;
-        let mut relay_failed = None;
-        let answered = match early {
-            Ok(answered) => answered,
-            Err(_) => {
-                let relayed = self.node.connect_via_relay(target, relay);
-                tokio::select! {
-                    connected = relayed => match connected {
-                        Ok(()) => {
-                            tracing::info!(peer = %target, %relay, "connected through the relay; punching goes on");
-                            self.monitor(target, relay, server, &record, Path::Relay);
-                            return Ok(());
+        let mut race = Race::new(Instant::now(), rendezvous.is_some(), head_start);
+        type Leg<'a, T> =
+            Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>>;
+        let mut punching: Leg<'_, Option<SocketAddr>> = None;
+        let mut relaying: Leg<'_, Result<(), DialError>> = None;
+        loop {
+            while let Some(action) = race.poll_action() {
+                match (action, rendezvous) {
+                    (race::Action::Punch, Some((server, at))) => {
+                        punching =
+                            Some(Box::pin(self.punch(target, server, at, &record.endpoints)));
+                    }
+                    (race::Action::Relay, Some((_, at))) => {
+                        relaying = Some(Box::pin(self.node.connect_via_relay(target, at)));
+                    }
+                    (race::Action::Punch | race::Action::Relay, None) => {
+                        unreachable!("the race punches and relays only through a rendezvous")
+                    }
+                    (race::Action::AbandonRelay, _) => relaying = None,
+                    (race::Action::Direct(endpoint), _) => {
+                        let dialled = self.node.connect(target, endpoint).await;
+                        if let Err(e) = &dialled {
+                            tracing::debug!(peer = %target, error = %e, "punched, yet the dial failed");
                         }
-                        Err(e) => {
-                            tracing::debug!(peer = %target, error = %e, "relay failed; waiting for the punch");
-                            relay_failed = Some(e);
-                            punch.await
-                        }
-                    },
-                    answered = &mut punch => answered,
+                        let dialled = dialled.map_err(|e| e.to_string());
+                        race.handle_direct(endpoint, dialled, self.node.is_connected(target));
+                    }
+                    (race::Action::Endpoints, _) => {
+                        race.handle_endpoints(self.dial_endpoints(target, &record.endpoints).await);
+                    }
                 }
             }
-        };
-        if let Some(endpoint) = answered {
-            match self.node.connect(target, endpoint).await {
-                Ok(()) => {
-                    self.monitor(target, relay, server, &record, Path::Direct(endpoint));
+            match (race.outcome(), rendezvous) {
+                (race::Outcome::Racing, _) => {}
+                (race::Outcome::Connected(connected), Some((server, relay))) => {
+                    let path = match *connected {
+                        Connected::Direct(endpoint) => Path::Direct(endpoint),
+                        Connected::Relay => {
+                            tracing::info!(peer = %target, %relay, "connected through the relay; punching goes on");
+                            Path::Relay
+                        }
+                        Connected::Plain => return Ok(()),
+                    };
+                    self.monitor(target, relay, server, &record, path);
                     return Ok(());
                 }
-                Err(e) => {
-                    tracing::debug!(peer = %target, error = %e, "punched, yet the dial failed")
+                (race::Outcome::Connected(_), None) => return Ok(()),
+                (race::Outcome::Failed(detail), _) => {
+                    return Err(DaemonError::Unreachable {
+                        peer: target,
+                        detail: detail.clone(),
+                    });
+                }
+            }
+            let head_start_ends = race.poll_timeout();
+            tokio::select! {
+                biased;
+                relayed = async { relaying.as_mut().expect("guarded").await }, if relaying.is_some() => {
+                    relaying = None;
+                    if let Err(e) = &relayed {
+                        tracing::debug!(peer = %target, error = %e, "relay failed");
+                    }
+                    race.handle_relayed(relayed.map_err(|e| e.to_string()));
+                }
+                answered = async { punching.as_mut().expect("guarded").await }, if punching.is_some() => {
+                    punching = None;
+                    race.handle_punched(answered);
+                }
+                _ = async { tokio::time::sleep_until(head_start_ends.expect("guarded")).await }, if head_start_ends.is_some() => {
+                    race.handle_timeout(Instant::now());
                 }
             }
         }
-        if !self.node.is_connected(target) {
-            let relayed = match relay_failed {
-                Some(e) => Err(e),
-                None => self.node.connect_via_relay(target, relay).await,
-            };
-            if let Err(e) = relayed {
-                // Not connected to that rendezvous, say: its endpoints may still answer.
-                return self
-                    .dial_endpoints(target, &record.endpoints)
-                    .await
-                    .map_err(|dialled| DaemonError::Unreachable {
-                        peer: target,
-                        detail: format!("no punched path, through the relay: {e}; {dialled}"),
-                    });
-            }
-        }
-        self.monitor(target, relay, server, &record, Path::Relay);
-        Ok(())
     }
 
-    /// Plain dials to each endpoint in turn.
+    /// Plain dials to each endpoint in turn; what each failure was, if none answered.
     async fn dial_endpoints(
         &self,
         target: Address,
         endpoints: &[SocketAddr],
-    ) -> Result<(), DaemonError> {
+    ) -> Result<(), String> {
         let mut errors = Vec::new();
         for &endpoint in endpoints {
             match self.node.connect(target, endpoint).await {
@@ -699,13 +714,10 @@ impl Daemon {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        Err(DaemonError::Unreachable {
-            peer: target,
-            detail: if errors.is_empty() {
-                "its record lists no endpoints".into()
-            } else {
-                errors.join("; ")
-            },
+        Err(if errors.is_empty() {
+            "its record lists no endpoints".into()
+        } else {
+            errors.join("; ")
         })
     }
 

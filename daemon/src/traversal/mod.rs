@@ -9,10 +9,12 @@
 //!
 //! [`PathMonitor`] makes the decisions without I/O or a clock of its own (time comes in as
 //! `now`); [`run`] is the thin async shell that sends the probes and applies the switches.
-//! [`punch::Punch`] decides the probes of one hole punch the same way; `Node::probe` is its
-//! shell.
+//! [`punch::Punch`] decides the probes of one hole punch the same way (`Node::probe` is its
+//! shell), and [`race::Race`] the race of punching, relay and plain dials that makes a
+//! connection (`Daemon::ensure_connected`).
 
 pub mod punch;
+pub mod race;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Weak;
