@@ -24,14 +24,14 @@ use crate::node::{
 };
 use crate::rendezvous::registration::{REFRESH_INTERVAL, Registered, Registration, Step};
 use crate::rendezvous::{
-    self, PUNCH_WINDOW, RECORD_LIFETIME, RateLimiter, RegisterError, Registry, RendezvousError,
+    self, RECORD_LIFETIME, RateLimiter, RegisterError, Registry, RendezvousError,
 };
 use crate::servers::{KeyCheck, SERVERS_FILE, ServerPins, ServerSpec, SpecError};
 use crate::store::{JsonFile, StoreError};
 use crate::streams::StreamTable;
 use crate::transport::paths::{canonical, is_link};
 use crate::traversal::race::{self, Connected, PUNCH_HEAD_START, Race};
-use crate::traversal::{self, Asker, Path};
+use crate::traversal::{self, Path};
 use crate::trust::{TRUST_FILE, TrustList};
 use crate::trust_requests::{self, REQUESTS_FILE, RequestBook, SendError};
 use tokio::sync::mpsc;
@@ -635,8 +635,16 @@ impl Daemon {
             while let Some(action) = race.poll_action() {
                 match (action, rendezvous) {
                     (race::Action::Punch, Some((server, at))) => {
-                        punching =
-                            Some(Box::pin(self.punch(target, server, at, &record.endpoints)));
+                        let introduction = self.own_record(false);
+                        let punch = traversal::punch(
+                            &self.node,
+                            target,
+                            server,
+                            at,
+                            &record.endpoints,
+                            introduction,
+                        );
+                        punching = Some(Box::pin(punch));
                     }
                     (race::Action::Relay, Some((_, at))) => {
                         relaying = Some(Box::pin(self.node.connect_via_relay(target, at)));
@@ -721,27 +729,6 @@ impl Daemon {
         })
     }
 
-    /// One round of hole punching to `target` through the rendezvous `server`: the endpoint
-    /// that answered first, if any.
-    pub(crate) async fn punch(
-        &self,
-        target: Address,
-        server: Address,
-        server_at: SocketAddr,
-        endpoints: &[SocketAddr],
-    ) -> Option<SocketAddr> {
-        let candidates = traversal::probe_candidates(endpoints, server_at, Asker::Us);
-        // The introduction is answered once the target has started probing us, so our first
-        // probes already meet an open NAT on its side.
-        let introduced =
-            rendezvous::request_introduction(&self.node, server, target, self.own_record(false))
-                .await;
-        if let Err(e) = &introduced {
-            tracing::debug!(peer = %target, error = %e, "no introduction");
-        }
-        self.node.probe(target, &candidates, PUNCH_WINDOW).await
-    }
-
     /// Starts the path monitor for the connection to `target`, unless one runs.
     fn monitor(
         &self,
@@ -754,9 +741,11 @@ impl Daemon {
         if !self.monitored.lock().expect("monitor lock").insert(target) {
             return;
         }
-        let (me, candidates) = (self.me.clone(), record.endpoints.clone());
+        let (me, record) = (self.me.clone(), record.clone());
+        let node = self.node.clone();
         self.node.spawn(async move {
-            traversal::run(me.clone(), target, relay, server, candidates, path).await;
+            let introduction = || me.upgrade().map(|d| d.own_record(false));
+            traversal::run(node, target, relay, server, record, path, introduction).await;
             if let Some(d) = me.upgrade() {
                 d.monitored.lock().expect("monitor lock").remove(&target);
             }

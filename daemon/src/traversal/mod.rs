@@ -17,13 +17,15 @@ pub mod punch;
 pub mod race;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Weak;
 use std::time::Duration;
 
 use tern_proto::Address;
 use tokio::time::Instant;
 
-use crate::daemon::Daemon;
+use tern_proto::record::Record;
+
+use crate::node::Node;
+use crate::rendezvous::{self, PUNCH_WINDOW};
 use crate::transport::paths::{Route, canonical, is_link};
 
 /// How often a direct path is checked with a sealed ping, and how long each check waits.
@@ -210,16 +212,18 @@ pub fn probe_candidates(
     candidates
 }
 
-/// Watches the connection to `peer` until it closes (or the daemon goes): `relay` is the
-/// relay's UDP address, `server` the rendezvous that introduces us, `candidates` the peer's
-/// published endpoints.
+/// The dialling side's shell of a [`PathMonitor`]: checks the direct path, punches, and
+/// moves the connection to `peer` between the direct path and the `relay`, until the
+/// connection goes. `own_record` makes this node's record for introductions (None: the
+/// node is going).
 pub async fn run(
-    daemon: Weak<Daemon>,
+    node: Node,
     peer: Address,
     relay: SocketAddr,
     server: Address,
-    candidates: Vec<SocketAddr>,
+    mut record: Record,
     path: Path,
+    own_record: impl Fn() -> Option<Record>,
 ) {
     let mut monitor = PathMonitor::new(Instant::now(), path);
     loop {
@@ -228,8 +232,6 @@ pub async fn run(
             tokio::time::sleep_until(at).await;
             continue;
         }
-        let Some(d) = daemon.upgrade() else { return };
-        let node = d.node().clone();
         if !node.is_connected(peer) {
             return;
         }
@@ -239,12 +241,22 @@ pub async fn run(
                 monitor.on_check(answered, Instant::now())
             }
             Action::Punch => {
-                let answered = d.punch(peer, server, relay, &candidates).await;
+                // The peer may have moved (a new network, a NAT that rebound) since it was
+                // last looked up: punch towards where its newest record says it is.
+                if let Ok(Some(newer)) = rendezvous::lookup(&node, server, peer).await
+                    && newer.seq > record.seq
+                {
+                    record = newer;
+                }
+                let Some(introduction) = own_record() else {
+                    return;
+                };
+                let answered =
+                    punch(&node, peer, server, relay, &record.endpoints, introduction).await;
                 monitor.on_punch(answered, Instant::now())
             }
             Action::WaitUntil(_) => None,
         };
-        drop(d);
         if let Some(path) = switched {
             let route = match path {
                 Path::Direct(endpoint) => Route::Direct(endpoint),
@@ -256,6 +268,26 @@ pub async fn run(
             }
         }
     }
+}
+
+/// One round of hole punching to `target` through the rendezvous `server` (reached at
+/// `server_at`), introducing this node with `record`: the endpoint that answered first, if
+/// any.
+pub async fn punch(
+    node: &Node,
+    target: Address,
+    server: Address,
+    server_at: SocketAddr,
+    endpoints: &[SocketAddr],
+    record: Record,
+) -> Option<SocketAddr> {
+    let candidates = probe_candidates(endpoints, server_at, Asker::Us);
+    // The introduction is answered once the target has started probing us, so our first
+    // probes already meet an open NAT on its side.
+    if let Err(e) = rendezvous::request_introduction(node, server, target, record).await {
+        tracing::debug!(peer = %target, error = %e, "no introduction");
+    }
+    node.probe(target, &candidates, PUNCH_WINDOW).await
 }
 
 #[cfg(test)]
