@@ -1082,6 +1082,7 @@ impl Node {
         let mut probes = tokio::task::JoinSet::new();
         loop {
             let now = Instant::now();
+            punch.handle_timeout(now);
             // Where the peer's own probes came from: its NAT's mapping towards us.
             let reflexive = self
                 .shared
@@ -1110,21 +1111,24 @@ impl Node {
                     (candidate, probed)
                 });
             }
-            match punch.outcome(now) {
+            match punch.outcome() {
                 Outcome::Direct(path) => return Some(path),
                 Outcome::GaveUp => return None,
                 Outcome::Punching => {}
             }
-            // Look for a peer-reflexive candidate a few times per probe interval.
-            let wake = punch.poll_timeout().map_or(now + PROBE_INTERVAL / 3, |at| {
-                at.min(now + PROBE_INTERVAL / 3)
-            });
+            // While the window is open, look for a peer-reflexive candidate a few times per
+            // probe interval; once closed, only the answers of probes in flight matter.
+            let wake = punch
+                .poll_timeout()
+                .map(|at| at.min(now + PROBE_INTERVAL / 3));
             tokio::select! {
                 biased;
-                Some(Ok((candidate, probed))) = probes.join_next() => {
+                Some(joined) = probes.join_next() => {
+                    let Ok((candidate, probed)) = joined else { return None };
                     punch.handle_probed(Instant::now(), candidate, probed);
                 }
-                _ = tokio::time::sleep_until(wake) => {}
+                _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
+                else => return None,
             }
         }
     }

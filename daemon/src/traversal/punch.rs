@@ -45,6 +45,8 @@ struct Candidate {
 pub struct Punch {
     candidates: Vec<Candidate>,
     closes: Instant,
+    /// Set by `handle_timeout` once `closes` has passed: only answers in flight count now.
+    closed: bool,
     won: Option<SocketAddr>,
 }
 
@@ -54,6 +56,7 @@ impl Punch {
         let mut punch = Self {
             candidates: Vec::new(),
             closes: now + window,
+            closed: false,
             won: None,
         };
         for &at in candidates {
@@ -66,7 +69,8 @@ impl Punch {
     /// when known already, or past the number of endpoints a record may carry (plus one
     /// peer-reflexive).
     pub fn add_candidate(&mut self, now: Instant, at: SocketAddr) {
-        if now >= self.closes
+        if self.closed
+            || now >= self.closes
             || self.candidates.len() > MAX_ENDPOINTS
             || self.candidates.iter().any(|c| c.at == at)
         {
@@ -82,7 +86,7 @@ impl Punch {
     /// The next candidate to probe now, if any: the shell sends the probe and reports with
     /// `handle_probed`.
     pub fn poll_probe(&mut self, now: Instant) -> Option<SocketAddr> {
-        if self.won.is_some() || now >= self.closes {
+        if self.won.is_some() || self.closed || now >= self.closes {
             return None;
         }
         let due = self
@@ -107,9 +111,22 @@ impl Punch {
         }
     }
 
-    /// When a probe is next due or the window closes, whichever is first; None once decided.
+    /// Closes the window once its time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.closes {
+            self.closed = true;
+        }
+    }
+
+    /// Whether new candidates and probes are still taken.
+    pub fn is_open(&self) -> bool {
+        !self.closed && self.won.is_none()
+    }
+
+    /// When a probe is next due or the window closes, whichever is first; None once decided
+    /// or closed (then only the answers of probes in flight are awaited).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.won.is_some() {
+        if !self.is_open() {
             return None;
         }
         let next_probe = self
@@ -122,8 +139,8 @@ impl Punch {
 
     /// Probes sent after the window closed may still be answered: it is given up only when
     /// none is in flight (or at once, with no candidate at all).
-    pub fn outcome(&self, now: Instant) -> Outcome {
-        let over = now >= self.closes || self.candidates.is_empty();
+    pub fn outcome(&self) -> Outcome {
+        let over = self.closed || self.candidates.is_empty();
         match self.won {
             Some(at) => Outcome::Direct(at),
             None if over && !self.candidates.iter().any(|c| c.in_flight) => Outcome::GaveUp,
@@ -148,11 +165,11 @@ mod tests {
         let mut punch = Punch::new(t0, &[at(1), at(2), at(2), at(3)], WINDOW);
         let sent: Vec<_> = std::iter::from_fn(|| punch.poll_probe(t0)).collect();
         assert_eq!(sent, [at(1), at(2), at(3)], "each once, duplicates dropped");
-        assert_eq!(punch.outcome(t0), Outcome::Punching);
+        assert_eq!(punch.outcome(), Outcome::Punching);
         let t1 = t0 + Duration::from_millis(40);
         punch.handle_probed(t1, at(2), Probed::Answered);
         punch.handle_probed(t1, at(3), Probed::Answered);
-        assert_eq!(punch.outcome(t1), Outcome::Direct(at(2)));
+        assert_eq!(punch.outcome(), Outcome::Direct(at(2)));
         assert_eq!(punch.poll_probe(t1), None, "decided: no more probes");
         assert_eq!(punch.poll_timeout(), None);
     }
@@ -184,6 +201,8 @@ mod tests {
         let t1 = t0 + Duration::from_millis(300);
         punch.add_candidate(t1, at(9));
         assert_eq!(punch.poll_probe(t1), Some(at(9)));
+        punch.handle_timeout(t0 + WINDOW);
+        assert!(!punch.is_open());
         punch.add_candidate(t0 + WINDOW, at(10));
         assert_eq!(punch.poll_probe(t0 + WINDOW), None);
     }
@@ -195,28 +214,27 @@ mod tests {
         punch.poll_probe(t0);
         punch.poll_probe(t0);
         let closed = t0 + WINDOW;
-        punch.handle_probed(closed, at(1), Probed::Unanswered);
+        punch.handle_timeout(closed);
         assert_eq!(
-            punch.outcome(closed),
-            Outcome::Punching,
-            "a probe in flight"
-        );
-        assert_eq!(
-            punch.poll_probe(closed),
+            punch.poll_timeout(),
             None,
-            "no new probes after the window"
+            "closed: only answers are awaited"
         );
+        punch.handle_probed(closed, at(1), Probed::Unanswered);
+        assert_eq!(punch.outcome(), Outcome::Punching, "a probe in flight");
+        assert_eq!(punch.poll_probe(closed), None, "no probes after the window");
         punch.handle_probed(closed, at(2), Probed::Answered);
-        assert_eq!(punch.outcome(closed), Outcome::Direct(at(2)));
+        assert_eq!(punch.outcome(), Outcome::Direct(at(2)));
         let mut silent = Punch::new(t0, &[at(1)], WINDOW);
         silent.poll_probe(t0);
+        silent.handle_timeout(closed);
         silent.handle_probed(closed, at(1), Probed::Unanswered);
-        assert_eq!(silent.outcome(closed), Outcome::GaveUp);
+        assert_eq!(silent.outcome(), Outcome::GaveUp);
     }
 
     #[test]
     fn no_candidates_gives_up_at_once() {
         let t0 = Instant::now();
-        assert_eq!(Punch::new(t0, &[], WINDOW).outcome(t0), Outcome::GaveUp);
+        assert_eq!(Punch::new(t0, &[], WINDOW).outcome(), Outcome::GaveUp);
     }
 }

@@ -5,6 +5,8 @@
 //!   order they were sent, a trace of every datagram; TCP links as in-memory pipes.
 //! - [`env`]: one host's `Env` — its address on that network, a wall clock that follows
 //!   virtual time, a seeded random source, and a disk in memory that outlives its node.
+//! - [`nat`]: NAT boxes (mapping, filtering, port keeping, timeouts, UDP blocked), with the
+//!   kernel lab's kinds as presets.
 //! - [`app`]: an app on a host, speaking a node's local API over an in-memory pipe.
 //!
 //! Run it on a current-thread runtime with paused time
@@ -13,6 +15,7 @@
 
 pub mod app;
 pub mod env;
+pub mod nat;
 pub mod net;
 
 use std::collections::BTreeMap;
@@ -26,6 +29,7 @@ use tern_proto::Name;
 
 pub use app::App;
 pub use env::SimEnv;
+pub use nat::{Dependence, NatConfig};
 pub use net::{Network, TraceEntry};
 
 /// A simulated internet and the hosts on it.

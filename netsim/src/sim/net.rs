@@ -17,6 +17,8 @@ use tern_daemon::env::{BoxFuture, LinkListener, LinkStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
+use super::nat::{Nat, NatConfig, Nats};
+
 /// Datagrams a socket holds unread before it drops new ones.
 const INBOX_DATAGRAMS: usize = 4096;
 /// Bytes each way of a TCP link's in-memory pipe.
@@ -46,6 +48,7 @@ pub struct Network {
 #[derive(Debug, Default)]
 struct NetState {
     sockets: BTreeMap<SocketAddr, Weak<Inbox>>,
+    nats: Nats,
     tcp_listeners: BTreeMap<SocketAddr, mpsc::Sender<LinkStream>>,
     in_flight: BinaryHeap<InFlight>,
     sent: u64,
@@ -105,6 +108,20 @@ impl Network {
         self.state.lock().expect("network lock")
     }
 
+    /// Puts a NAT at `public` in front of the private /24 `inside` (hosts 192.168.x.y, say).
+    pub fn add_nat(&self, config: NatConfig, public: std::net::Ipv4Addr, inside: [u8; 3]) {
+        self.state()
+            .nats
+            .insert(public, Nat::new(config, public, inside));
+    }
+
+    /// Forgets every mapping of the NAT at `public` (it rebooted, or rebound).
+    pub fn flush_nat(&self, public: std::net::Ipv4Addr) {
+        if let Some(nat) = self.state().nats.get_mut(&public) {
+            nat.flush();
+        }
+    }
+
     /// Virtual time since the network started.
     pub fn elapsed(&self) -> Duration {
         Instant::now() - self.started
@@ -151,6 +168,18 @@ impl Network {
             (listener, from)
         };
         let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        // No port forwarding: a site's hosts take no connections from outside it.
+        let site_of = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => self.state().site_of(v4),
+            IpAddr::V6(_) => None,
+        };
+        let to_site = site_of(to.ip()).or_else(|| match to.ip() {
+            IpAddr::V4(v4) if self.state().nats.contains_key(&v4) => Some(v4),
+            _ => None,
+        });
+        if to_site.is_some() && to_site != site_of(from_ip) {
+            return Err(refused());
+        }
         let listener = listener.ok_or_else(refused)?;
         let (ours, theirs) = tokio::io::duplex(TCP_PIPE_BYTES);
         let theirs = LinkStream {
@@ -173,6 +202,9 @@ impl Network {
             to,
             len: data.len(),
         });
+        let Some((from, to)) = state.route(now, from, to) else {
+            return;
+        };
         let seq = state.sent;
         state.sent += 1;
         state.in_flight.push(InFlight {
@@ -188,6 +220,44 @@ impl Network {
 }
 
 impl NetState {
+    /// The public address of the NAT whose site `ip` is in.
+    fn site_of(&self, ip: std::net::Ipv4Addr) -> Option<std::net::Ipv4Addr> {
+        self.nats
+            .values()
+            .find(|n| n.is_inside(ip))
+            .map(|n| n.public)
+    }
+
+    /// Where a datagram sent from `from` to `to` arrives, through the NATs on its way, as
+    /// (source, destination) at arrival; None when it is dropped.
+    fn route(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        to: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        let (IpAddr::V4(from_ip), IpAddr::V4(to_ip)) = (from.ip(), to.ip()) else {
+            return Some((from, to));
+        };
+        let (from_site, to_site) = (self.site_of(from_ip), self.site_of(to_ip));
+        if from_site.is_some() && from_site == to_site {
+            return Some((from, to));
+        }
+        // Another site's private addresses are not routed; nor is a NAT's own public address
+        // from inside it (no hairpinning).
+        if to_site.is_some() || from_site == Some(to_ip) {
+            return None;
+        }
+        let from = match from_site {
+            Some(public) => self.nats.get_mut(&public)?.outbound(now, from, to)?,
+            None => from,
+        };
+        match self.nats.get_mut(&to_ip) {
+            Some(nat) => Some((from, nat.inbound(now, from, to.port())?)),
+            None => Some((from, to)),
+        }
+    }
+
     /// `at` itself, or for port 0 the next free ephemeral port of its IP.
     fn assign_port(
         &mut self,
