@@ -649,8 +649,10 @@ impl Daemon {
                     (race::Action::Relay, Some((_, at))) => {
                         relaying = Some(Box::pin(self.node.connect_via_relay(target, at)));
                     }
-                    (race::Action::Punch | race::Action::Relay, None) => {
-                        unreachable!("the race punches and relays only through a rendezvous")
+                    // Only a race through a rendezvous punches or relays.
+                    (race::Action::Punch, None) => race.handle_punched(None),
+                    (race::Action::Relay, None) => {
+                        race.handle_relayed(Err("no rendezvous to relay through".into()))
                     }
                     (race::Action::AbandonRelay, _) => relaying = None,
                     (race::Action::Direct(endpoint), _) => {

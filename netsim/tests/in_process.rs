@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon};
-use tern_netsim::sim::{App, Sim, TraceEntry};
+use tern_netsim::sim::{App, Sim, TraceEntry, run_paused};
 use tern_proto::api::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,17 +32,7 @@ fn payload(from: usize) -> Vec<u8> {
 }
 
 fn simulate<T>(run: impl std::future::Future<Output = T>) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    // Virtual time: a stuck run fails at once, at a simulated minute or two.
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(600), run)
-            .await
-            .expect("the simulation finished within 600 simulated seconds")
-    })
+    run_paused(Duration::from_secs(600), run)
 }
 
 async fn wait_registered(daemons: &[Arc<Daemon>]) {

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon};
-use tern_netsim::sim::{App, NatConfig, Sim};
+use tern_netsim::sim::{App, NatConfig, Sim, run_paused};
 use tern_proto::api::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,25 +93,12 @@ async fn pair(a: Site, b: Site) -> String {
     peer.path.to_string()
 }
 
-fn simulate<T>(run: impl std::future::Future<Output = T>) -> T {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(300), run)
-            .await
-            .expect("settled within 300 simulated seconds")
-    })
-}
-
 #[test]
 fn every_pair_of_nat_kinds_connects_and_ends_on_the_lab_s_path() {
     let mut wrong = Vec::new();
     for a in SITES {
         for b in SITES {
-            let path = simulate(pair(a, b));
+            let path = run_paused(Duration::from_secs(300), pair(a, b));
             if path != expected_path(a, b) {
                 wrong.push(format!(
                     "{a:?} → {b:?}: {path}, expected {}",

@@ -32,6 +32,24 @@ pub use env::SimEnv;
 pub use nat::{Dependence, NatConfig};
 pub use net::{Network, TraceEntry};
 
+/// Runs `simulation` on a fresh current-thread runtime with paused time, failing if it takes
+/// longer than `within` of simulated time (a stuck simulation fails at once: the clock jumps
+/// whenever every task waits). Dropping the runtime at the end stops every node it ran.
+pub fn run_paused<T>(within: Duration, simulation: impl std::future::Future<Output = T>) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(within, simulation)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the simulation did not finish within {within:?} of simulated time")
+            })
+    })
+}
+
 /// A simulated internet and the hosts on it.
 pub struct Sim {
     seed: u64,
