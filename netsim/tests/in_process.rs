@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon};
-use tern_netsim::sim::{App, Sim, TraceEntry, run_paused};
+use tern_netsim::sim::{App, LinkModel, Sim, TraceEntry, run_paused};
 use tern_proto::api::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,7 +22,11 @@ fn name(n: usize) -> tern_proto::Name {
 
 /// The bytes node `from` sends: different for every sender and every offset.
 fn payload(from: usize) -> Vec<u8> {
-    (0..TRANSFER)
+    payload_of(from, TRANSFER)
+}
+
+fn payload_of(from: usize, len: usize) -> Vec<u8> {
+    (0..len)
         .map(|i| {
             (i as u32)
                 .wrapping_mul(2654435761)
@@ -184,5 +188,90 @@ fn a_node_restarted_in_place_keeps_its_address_and_name_and_is_reached_again() {
             .await
             .expect("ping by name after the restart");
         assert!(answered.data["rtt_ms"].is_number(), "{}", answered.data);
+    });
+}
+
+/// A rendezvous and two named nodes; node 1 sends `len` bytes to node 2 by name while
+/// `meanwhile` acts on the network. Returns the simulated time the transfer took, after
+/// checking every byte.
+async fn transfer_while(
+    sim: &Sim,
+    len: usize,
+    meanwhile: impl std::future::Future<Output = ()>,
+) -> Duration {
+    let rendezvous_at = SocketAddr::from((host(0), DEFAULT_PORT));
+    let _rendezvous = sim.start_node(host(0), &[], None).expect("rendezvous");
+    let a = sim.start_node(host(1), &[rendezvous_at], None).expect("a");
+    let b = sim
+        .start_node(host(2), &[rendezvous_at], Some(name(2)))
+        .expect("b");
+    wait_registered(&[a.clone(), b.clone()]).await;
+    let (sender, receiver) = (App::new(a), App::new(b));
+    let listen = Request::Listen {
+        port: PORT,
+        open: true,
+    };
+    let _held = receiver.request(&listen).await.expect("listen").connection;
+    let started = tokio::time::Instant::now();
+    let send = async {
+        let dial = Request::Dial {
+            target: name(2).to_string(),
+            port: PORT,
+        };
+        let mut stream = sender.request(&dial).await.expect("dial").connection;
+        stream.write_all(&payload_of(1, len)).await.expect("send");
+        stream.shutdown().await.expect("finish");
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.expect("peer's end");
+    };
+    let receive = async {
+        let accept = Request::Accept { port: PORT };
+        let mut stream = receiver.request(&accept).await.expect("accept").connection;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.expect("receive");
+        stream.shutdown().await.expect("finish");
+        assert!(
+            got == payload_of(1, len),
+            "got {} of {len} bytes, not byte for byte",
+            got.len()
+        );
+    };
+    tokio::join!(send, receive, meanwhile);
+    started.elapsed()
+}
+
+#[test]
+fn a_transfer_cut_by_a_partition_completes_byte_exact_once_it_heals() {
+    run_paused(Duration::from_secs(600), async {
+        let sim = Sim::new(5, Duration::from_millis(50));
+        let network = sim.network().clone();
+        let (a, b) = (host(1).into(), host(2).into());
+        let partition = async {
+            // Wait for the transfer to be under way, then cut both nodes apart for 5 s.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            network.partition(&[a], &[b], false);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            network.heal();
+        };
+        let took = transfer_while(&sim, 16 << 20, partition).await;
+        assert!(
+            took > Duration::from_secs(5),
+            "the cut fell mid-transfer: {took:?}"
+        );
+    });
+}
+
+/// Slow, not stuck: quinn's loss-based congestion control makes about 12 KB/s of it (some
+/// 860 simulated seconds).
+#[test]
+fn ten_mebibytes_cross_a_200_ms_path_with_5_percent_loss_byte_exact() {
+    run_paused(Duration::from_secs(3600), async {
+        let sim = Sim::new(9, Duration::from_millis(100));
+        sim.network().set_link(LinkModel {
+            latency: Duration::from_millis(95),
+            jitter: Duration::from_millis(10),
+            loss: 0.05,
+        });
+        transfer_while(&sim, 10 << 20, async {}).await;
     });
 }

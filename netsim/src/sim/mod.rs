@@ -30,7 +30,7 @@ use tern_proto::Name;
 pub use app::App;
 pub use env::SimEnv;
 pub use nat::{Dependence, NatConfig};
-pub use net::{Network, TraceEntry};
+pub use net::{LinkModel, Network, TraceEntry};
 
 /// Runs `simulation` on a fresh current-thread runtime with paused time, failing if it takes
 /// longer than `within` of simulated time (a stuck simulation fails at once: the clock jumps
@@ -63,7 +63,7 @@ impl Sim {
     pub fn new(seed: u64, latency: Duration) -> Self {
         Self {
             seed,
-            network: Network::start(latency),
+            network: Network::start(LinkModel::latency(latency), seed),
             hosts: Mutex::new(BTreeMap::new()),
         }
     }

@@ -1,8 +1,9 @@
 //! The simulated network. Every datagram sent is traced (virtual time, source, destination,
-//! length) and delivered one link latency later, in the order sent; a socket's inbox holds
+//! length, as sent) and, unless lost, cut off by a partition or dropped by a NAT, delivered
+//! after the link's latency and jitter (ties in the order sent); a socket's inbox holds
 //! a bounded number of datagrams, like a kernel's buffer, and drops the rest.
 
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -13,6 +14,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use tern_daemon::env::{BoxFuture, LinkListener, LinkStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -36,17 +39,41 @@ pub struct TraceEntry {
     pub len: usize,
 }
 
+/// What every datagram meets on its way (one direction).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkModel {
+    pub latency: Duration,
+    /// Up to this much more, uniformly (datagrams may overtake each other).
+    pub jitter: Duration,
+    /// The chance, 0 to 1, that a datagram is lost.
+    pub loss: f64,
+}
+
+impl LinkModel {
+    pub fn latency(latency: Duration) -> Self {
+        Self {
+            latency,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Network {
     state: Mutex<NetState>,
     /// Wakes the delivery task when a datagram is queued.
     queued: Notify,
-    latency: Duration,
     started: Instant,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NetState {
+    link: LinkModel,
+    /// Loss and jitter draws, from the simulation's seed.
+    rng: ChaCha8Rng,
+    /// (from, to) host pairs whose datagrams are dropped: partitions, one-way ones included.
+    cut: BTreeSet<(IpAddr, IpAddr)>,
     sockets: BTreeMap<SocketAddr, Weak<Inbox>>,
     nats: Nats,
     tcp_listeners: BTreeMap<SocketAddr, mpsc::Sender<LinkStream>>,
@@ -92,11 +119,21 @@ struct Inbox {
 
 impl Network {
     /// Starts the network's delivery task on the current runtime.
-    pub fn start(latency: Duration) -> Arc<Self> {
+    pub fn start(link: LinkModel, seed: u64) -> Arc<Self> {
         let network = Arc::new(Self {
-            state: Mutex::default(),
+            state: Mutex::new(NetState {
+                link,
+                rng: ChaCha8Rng::seed_from_u64(seed),
+                cut: BTreeSet::new(),
+                sockets: BTreeMap::new(),
+                nats: Nats::new(),
+                tcp_listeners: BTreeMap::new(),
+                in_flight: BinaryHeap::new(),
+                sent: 0,
+                trace: Vec::new(),
+                next_port: BTreeMap::new(),
+            }),
             queued: Notify::new(),
-            latency,
             started: Instant::now(),
         });
         // It holds the network until the runtime ends (the simulation with it).
@@ -106,6 +143,30 @@ impl Network {
 
     fn state(&self) -> std::sync::MutexGuard<'_, NetState> {
         self.state.lock().expect("network lock")
+    }
+
+    /// What datagrams meet from now on.
+    pub fn set_link(&self, link: LinkModel) {
+        self.state().link = link;
+    }
+
+    /// Drops every datagram from a host in `from` to a host in `to` (also back, unless
+    /// `one_way`) until `heal`.
+    pub fn partition(&self, from: &[IpAddr], to: &[IpAddr], one_way: bool) {
+        let mut state = self.state();
+        for &a in from {
+            for &b in to {
+                state.cut.insert((a, b));
+                if !one_way {
+                    state.cut.insert((b, a));
+                }
+            }
+        }
+    }
+
+    /// Ends every partition.
+    pub fn heal(&self) {
+        self.state().cut.clear();
     }
 
     /// Puts a NAT at `public` in front of the private /24 `inside` (hosts 192.168.x.y, say).
@@ -202,13 +263,23 @@ impl Network {
             to,
             len: data.len(),
         });
+        let sender = from.ip();
         let Some((from, to)) = state.route(now, from, to) else {
             return;
+        };
+        let link = state.link;
+        let lost = link.loss > 0.0 && unit(&mut state.rng) < link.loss;
+        if lost || state.cut.contains(&(sender, to.ip())) {
+            return;
+        }
+        let jitter = match link.jitter.is_zero() {
+            true => Duration::ZERO,
+            false => link.jitter.mul_f64(unit(&mut state.rng)),
         };
         let seq = state.sent;
         state.sent += 1;
         state.in_flight.push(InFlight {
-            deliver_at: now + self.latency,
+            deliver_at: now + link.latency + jitter,
             seq,
             from,
             to,
@@ -283,6 +354,11 @@ impl NetState {
         }
         Err(io::Error::from(io::ErrorKind::AddrNotAvailable))
     }
+}
+
+/// A uniform draw in [0, 1).
+fn unit(rng: &mut ChaCha8Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Hands each datagram to its destination's inbox when its time comes.
