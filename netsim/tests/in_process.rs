@@ -271,6 +271,7 @@ fn ten_mebibytes_cross_a_200_ms_path_with_5_percent_loss_byte_exact() {
             latency: Duration::from_millis(95),
             jitter: Duration::from_millis(10),
             loss: 0.05,
+            ..LinkModel::latency(Duration::ZERO)
         });
         transfer_while(&sim, 10 << 20, async {}).await;
     });

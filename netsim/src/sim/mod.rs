@@ -30,7 +30,7 @@ use tern_proto::Name;
 pub use app::App;
 pub use env::SimEnv;
 pub use nat::{Dependence, NatConfig};
-pub use net::{LinkModel, Network, TraceEntry};
+pub use net::{Bursts, LinkModel, Network, TraceEntry};
 
 /// Runs `simulation` on a fresh current-thread runtime with paused time, failing if it takes
 /// longer than `within` of simulated time (a stuck simulation fails at once: the clock jumps

@@ -47,6 +47,19 @@ pub struct LinkModel {
     pub jitter: Duration,
     /// The chance, 0 to 1, that a datagram is lost.
     pub loss: f64,
+    /// Losses in bursts as well (a Gilbert model: the link goes bad for a while).
+    pub bursts: Option<Bursts>,
+    /// The chance, 0 to 1, that a datagram arrives twice.
+    pub duplicate: f64,
+}
+
+/// Bursty loss: each datagram may start a burst, in which every datagram is lost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bursts {
+    /// The chance, 0 to 1, that a datagram starts a burst.
+    pub start: f64,
+    /// Datagrams a burst takes, on average.
+    pub mean_len: f64,
 }
 
 impl LinkModel {
@@ -55,6 +68,8 @@ impl LinkModel {
             latency,
             jitter: Duration::ZERO,
             loss: 0.0,
+            bursts: None,
+            duplicate: 0.0,
         }
     }
 }
@@ -74,6 +89,8 @@ struct NetState {
     rng: ChaCha8Rng,
     /// (from, to) host pairs whose datagrams are dropped: partitions, one-way ones included.
     cut: BTreeSet<(IpAddr, IpAddr)>,
+    /// Inside a loss burst.
+    in_burst: bool,
     sockets: BTreeMap<SocketAddr, Weak<Inbox>>,
     nats: Nats,
     tcp_listeners: BTreeMap<SocketAddr, mpsc::Sender<LinkStream>>,
@@ -125,6 +142,7 @@ impl Network {
                 link,
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 cut: BTreeSet::new(),
+                in_burst: false,
                 sockets: BTreeMap::new(),
                 nats: Nats::new(),
                 tcp_listeners: BTreeMap::new(),
@@ -267,30 +285,52 @@ impl Network {
         let Some((from, to)) = state.route(now, from, to) else {
             return;
         };
-        let link = state.link;
-        let lost = link.loss > 0.0 && unit(&mut state.rng) < link.loss;
-        if lost || state.cut.contains(&(sender, to.ip())) {
+        if state.cut.contains(&(sender, to.ip())) || state.lost() {
             return;
         }
-        let jitter = match link.jitter.is_zero() {
-            true => Duration::ZERO,
-            false => link.jitter.mul_f64(unit(&mut state.rng)),
+        let copies = match state.link.duplicate > 0.0 && unit(&mut state.rng) < state.link.duplicate
+        {
+            true => 2,
+            false => 1,
         };
-        let seq = state.sent;
-        state.sent += 1;
-        state.in_flight.push(InFlight {
-            deliver_at: now + link.latency + jitter,
-            seq,
-            from,
-            to,
-            data,
-        });
+        for _ in 0..copies {
+            let link = state.link;
+            let jitter = match link.jitter.is_zero() {
+                true => Duration::ZERO,
+                false => link.jitter.mul_f64(unit(&mut state.rng)),
+            };
+            let seq = state.sent;
+            state.sent += 1;
+            state.in_flight.push(InFlight {
+                deliver_at: now + link.latency + jitter,
+                seq,
+                from,
+                to,
+                data: data.clone(),
+            });
+        }
         drop(state);
         self.queued.notify_one();
     }
 }
 
 impl NetState {
+    /// Whether the link loses the next datagram: at random, or in a burst.
+    fn lost(&mut self) -> bool {
+        let link = self.link;
+        if let Some(bursts) = link.bursts {
+            if self.in_burst {
+                self.in_burst = unit(&mut self.rng) >= 1.0 / bursts.mean_len.max(1.0);
+                return true;
+            }
+            if unit(&mut self.rng) < bursts.start {
+                self.in_burst = true;
+                return true;
+            }
+        }
+        link.loss > 0.0 && unit(&mut self.rng) < link.loss
+    }
+
     /// The public address of the NAT whose site `ip` is in.
     fn site_of(&self, ip: std::net::Ipv4Addr) -> Option<std::net::Ipv4Addr> {
         self.nats
@@ -494,5 +534,79 @@ impl LinkListener for SimTcpListener {
                 .await
                 .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends `count` datagrams from a to b under `link`; how many arrived.
+    fn delivered(link: LinkModel, count: usize) -> usize {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let network = Network::start(link, 1);
+            let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
+            let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
+            for _ in 0..count {
+                network.send(a.local, b.local, Bytes::from_static(b"x"));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            b.inbox.datagrams.lock().unwrap().len()
+        })
+    }
+
+    #[test]
+    fn random_and_bursty_loss_and_duplication_come_at_their_rates() {
+        let base = LinkModel::latency(Duration::from_millis(5));
+        assert_eq!(delivered(base, 2000), 2000);
+        let lossy = delivered(LinkModel { loss: 0.1, ..base }, 2000);
+        assert!((1700..1900).contains(&lossy), "{lossy}");
+        let bursty = LinkModel {
+            bursts: Some(Bursts {
+                start: 0.01,
+                mean_len: 10.0,
+            }),
+            ..base
+        };
+        // About 1 in 11 datagrams starts or is in a burst: some 9 % lost.
+        let got = delivered(bursty, 2000);
+        assert!((1700..1950).contains(&got), "{got}");
+        let doubled = delivered(
+            LinkModel {
+                duplicate: 0.5,
+                ..base
+            },
+            1000,
+        );
+        assert!((1400..1600).contains(&doubled), "{doubled}");
+    }
+
+    #[test]
+    fn a_one_way_partition_cuts_one_direction_until_healed() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let network = Network::start(LinkModel::latency(Duration::from_millis(5)), 1);
+            let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
+            let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
+            network.partition(&[a.local.ip()], &[b.local.ip()], true);
+            network.send(a.local, b.local, Bytes::from_static(b"lost"));
+            network.send(b.local, a.local, Bytes::from_static(b"kept"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 0);
+            assert_eq!(a.inbox.datagrams.lock().unwrap().len(), 1);
+            network.heal();
+            network.send(a.local, b.local, Bytes::from_static(b"healed"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 1);
+        });
     }
 }
