@@ -1218,13 +1218,7 @@ impl Node {
     /// free when quinn's endpoint driver next runs. Not for the node's own tasks to call: it
     /// would wait for itself.
     pub async fn stop(&self) {
-        self.shared.endpoint.close(0u32.into(), b"node shut down");
         self.shared.tasks.shutdown().await;
-        {
-            let mut state = self.shared.state();
-            state.peers.clear();
-            state.connections.clear();
-        }
         self.close().await;
     }
 

@@ -11,7 +11,7 @@ use tracing::Instrument;
 #[derive(Debug, Default)]
 pub struct Tasks {
     set: Mutex<JoinSet<()>>,
-    /// Set by `shutdown`: tasks started after it are dropped, not run.
+    /// Set by `stop`: tasks started after it are dropped, not run.
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -28,16 +28,18 @@ impl Tasks {
         set.spawn(task.in_current_span());
     }
 
-    /// Aborts every task; each is dropped at its next await point.
+    /// Aborts every task (each is dropped at its next await point); tasks started after this
+    /// are dropped, not run.
     pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         self.set.lock().expect("task set lock").abort_all();
     }
 
     /// Aborts every task and waits until all have ended. Never call it from one of these
     /// tasks: it would wait for itself.
     pub async fn shutdown(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop();
         let mut set = std::mem::take(&mut *self.set.lock().expect("task set lock"));
         set.shutdown().await;
     }

@@ -53,13 +53,13 @@ impl App {
         write_frame(&mut connection, request).await?;
         let response: Response = read_frame(&mut connection).await?.ok_or(AppError::Closed)?;
         match (response.ok, response.error) {
-            (true, _) | (false, None) => Ok(Answered {
+            (true, _) => Ok(Answered {
                 data: response.data,
                 connection,
             }),
-            (false, Some(e)) => Err(AppError::Refused {
-                code: e.code,
-                message: e.message,
+            (false, e) => Err(AppError::Refused {
+                code: e.as_ref().map_or("failed", |e| &e.code).to_string(),
+                message: e.map(|e| e.message).unwrap_or_default(),
             }),
         }
     }

@@ -240,25 +240,25 @@ impl Network {
     /// A TCP connection from `from_ip` to a listener at `to`: an in-memory pipe, which
     /// neither latency nor the trace covers yet.
     pub async fn connect_tcp(&self, from_ip: IpAddr, to: SocketAddr) -> io::Result<LinkStream> {
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
         let (listener, from) = {
             let mut state = self.state();
+            // No port forwarding: a site's hosts (and its NAT) take no connections from
+            // outside it.
+            let site = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => state
+                    .site_of(v4)
+                    .or(state.nats.contains_key(&v4).then_some(v4)),
+                IpAddr::V6(_) => None,
+            };
+            let to_site = site(to.ip());
+            if to_site.is_some() && to_site != site(from_ip) {
+                return Err(refused());
+            }
             let listener = state.tcp_listeners.get(&to).cloned();
             let from = state.assign_port(SocketAddr::new(from_ip, 0), |_, _| false)?;
             (listener, from)
         };
-        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
-        // No port forwarding: a site's hosts take no connections from outside it.
-        let site_of = |ip: IpAddr| match ip {
-            IpAddr::V4(v4) => self.state().site_of(v4),
-            IpAddr::V6(_) => None,
-        };
-        let to_site = site_of(to.ip()).or_else(|| match to.ip() {
-            IpAddr::V4(v4) if self.state().nats.contains_key(&v4) => Some(v4),
-            _ => None,
-        });
-        if to_site.is_some() && to_site != site_of(from_ip) {
-            return Err(refused());
-        }
         let listener = listener.ok_or_else(refused)?;
         let (ours, theirs) = tokio::io::duplex(TCP_PIPE_BYTES);
         let theirs = LinkStream {
@@ -540,15 +540,11 @@ impl LinkListener for SimTcpListener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::run_paused;
 
     /// Sends `count` datagrams from a to b under `link`; how many arrived.
     fn delivered(link: LinkModel, count: usize) -> usize {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        run_paused(Duration::from_secs(10), async {
             let network = Network::start(link, 1);
             let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
             let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
@@ -588,12 +584,7 @@ mod tests {
 
     #[test]
     fn a_one_way_partition_cuts_one_direction_until_healed() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        run_paused(Duration::from_secs(10), async {
             let network = Network::start(LinkModel::latency(Duration::from_millis(5)), 1);
             let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
             let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
