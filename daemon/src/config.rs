@@ -1,12 +1,45 @@
-//! `ternd --config FILE`: the TOML keys a node takes from a file (flags win over them), and
-//! the limits an operator may set. Unknown keys are refused, so a typo never goes unnoticed.
+//! A daemon's settings ([`DaemonConfig`]) and `ternd --config FILE`: the TOML keys a node
+//! takes from a file (flags win over them), and the limits an operator may set. Unknown keys
+//! are refused, so a typo never goes unnoticed.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tern_proto::Name;
 
-use crate::daemon::DaemonConfig;
+use crate::TransportConfig;
+use crate::home::Home;
+use crate::rendezvous;
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub home: Home,
+    pub listen: SocketAddr,
+    /// `HOST:PORT` of each rendezvous; empty: this node is its own.
+    pub rendezvous: Vec<String>,
+    /// The name to claim (`--hostname`); None keeps the name saved in the home, if any.
+    pub hostname: Option<Name>,
+    /// How long a name stays held after its holder's record lapsed (this node as rendezvous).
+    pub name_grace: Duration,
+    pub transport: TransportConfig,
+    /// Local API clients connected at once; more wait.
+    pub max_api_clients: usize,
+}
+
+impl DaemonConfig {
+    /// The defaults `ternd` uses, for a node in `home` on `listen`.
+    pub fn new(home: Home, listen: SocketAddr, rendezvous: Vec<String>) -> Self {
+        Self {
+            home,
+            listen,
+            rendezvous,
+            hostname: None,
+            name_grace: Duration::from_secs(rendezvous::registry::DEFAULT_NAME_GRACE),
+            transport: TransportConfig::default(),
+            max_api_clients: 1024,
+        }
+    }
+}
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,8 +4,8 @@
 //!
 //! Shape: tasks own the I/O (endpoint accept loop, one control-packet loop, two loops per
 //! connection); all shared facts sit in one `State` behind a mutex that is never held across
-//! an `.await`. Path selection and hole punching will enter as sans-IO machines driven by the
-//! control loop; today every path is the direct one the connection was made on.
+//! an `.await`. Which path a connection takes (direct or relayed) is the path table's
+//! (`transport::paths`); when to punch and when to move is `traversal`'s.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

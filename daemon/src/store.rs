@@ -3,7 +3,7 @@
 //! change is written atomically and saved before it is reported as done.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,14 +26,18 @@ pub enum StoreError {
     },
 }
 
+/// One document: readers see the last saved version and never wait for a save; changes are
+/// saved one at a time, each before it is visible.
 #[derive(Debug)]
-pub struct JsonFile<T> {
+pub struct Document<T> {
     env: Arc<dyn Env>,
     path: PathBuf,
-    value: T,
+    value: Mutex<T>,
+    /// Held by the one change being saved, never by readers.
+    saving: Mutex<()>,
 }
 
-impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
+impl<T: Serialize + DeserializeOwned + Default + Clone> Document<T> {
     pub fn load(env: &Arc<dyn Env>, path: PathBuf) -> Result<Self, StoreError> {
         let value = match env.read_file(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -46,20 +50,33 @@ impl<T: Serialize + DeserializeOwned + Default + Clone> JsonFile<T> {
         Ok(Self {
             env: env.clone(),
             path,
-            value,
+            value: Mutex::new(value),
+            saving: Mutex::new(()),
         })
     }
 
-    pub fn get(&self) -> &T {
-        &self.value
+    pub fn read<R>(&self, look: impl FnOnce(&T) -> R) -> R {
+        look(&self.value.lock().expect("document lock"))
     }
 
     /// Applies `change` and saves; on a failed save, memory keeps the old document too.
-    pub fn update<R>(&mut self, change: impl FnOnce(&mut T) -> R) -> Result<R, StoreError> {
-        let mut next = self.value.clone();
+    pub fn update<R>(&self, change: impl FnOnce(&mut T) -> R) -> Result<R, StoreError> {
+        self.update_then(change, |_| {})
+    }
+
+    /// Like [`Document::update`], then hands the saved document to `applied` before any other
+    /// change can be saved: what applies a document elsewhere applies them in order.
+    pub fn update_then<R>(
+        &self,
+        change: impl FnOnce(&mut T) -> R,
+        applied: impl FnOnce(&T),
+    ) -> Result<R, StoreError> {
+        let _saving = self.saving.lock().expect("document save lock");
+        let mut next = self.read(T::clone);
         let result = change(&mut next);
         self.save(&next)?;
-        self.value = next;
+        applied(&next);
+        *self.value.lock().expect("document lock") = next;
         Ok(result)
     }
 
@@ -85,16 +102,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("doc.json");
         let env = OsEnv::shared();
-        let mut doc = JsonFile::<BTreeSet<u32>>::load(&env, path.clone()).unwrap();
+        let doc = Document::<BTreeSet<u32>>::load(&env, path.clone()).unwrap();
         assert!(doc.update(|set| set.insert(7)).unwrap());
         assert!(
-            JsonFile::<BTreeSet<u32>>::load(&env, path.clone())
+            Document::<BTreeSet<u32>>::load(&env, path.clone())
                 .unwrap()
-                .get()
-                .contains(&7)
+                .read(|set| set.contains(&7))
         );
         std::fs::write(&path, b"[\"nope\"]").unwrap();
-        let e = JsonFile::<BTreeSet<u32>>::load(&env, path.clone()).unwrap_err();
+        let e = Document::<BTreeSet<u32>>::load(&env, path.clone()).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
         env.write_file(&path, b"[]").unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -87,7 +87,7 @@ fn main() {
 
         // Reference: the same two nodes, stream opened and read in-process.
         let mut listener = a.node().listen(2001, Access::Open).expect("listen");
-        b.ensure_connected(a.node().address()).await.expect("connect");
+        b.connector().connect(a.node().address()).await.expect("connect");
         let receiver = tokio::spawn(async move { count(listener.accept().await.expect("accept").recv).await });
         let start = Instant::now();
         let stream = b.node().open_stream(a.node().address(), 2001).await.expect("open");

@@ -91,6 +91,7 @@ fn path_to(a: &Node, b: &Node) -> &'static str {
 async fn throughput(a: &Node, b: &Node) -> f64 {
     let stream = a
         .daemon
+        .apps()
         .dial(b.daemon.node().address(), 2000)
         .await
         .expect("dial");
@@ -146,7 +147,7 @@ fn main() {
             for n in 0..PAIRS {
                 let (a, b) = pair(&mut net, &rendezvous, kinds, offset + n).await;
                 let start = Instant::now();
-                let mut stream = a.daemon.dial(b.daemon.node().address(), 2000).await.expect("dial");
+                let mut stream = a.daemon.apps().dial(b.daemon.node().address(), 2000).await.expect("dial");
                 stream.send.write_all(b"x").await.expect("write");
                 let mut byte = [0u8; 1];
                 stream.recv.read_exact(&mut byte).await.expect("echo");
@@ -171,7 +172,7 @@ fn main() {
         let symmetric = (NatKind::Symmetric, NatKind::Symmetric);
         let (a, b) = pair(&mut net, &rendezvous, symmetric, 101).await;
         let start = Instant::now();
-        a.daemon.ensure_connected(b.daemon.node().address()).await.expect("relay");
+        a.daemon.connector().connect(b.daemon.node().address()).await.expect("relay");
         let to_relay = start.elapsed();
         assert_eq!(path_to(&a, &b), "relay");
         let relayed = throughput(&a, &b).await;

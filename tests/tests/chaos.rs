@@ -229,7 +229,7 @@ fn a_rendezvous_restarted_under_fifty_nodes_has_them_all_back_within_seconds() {
     runtime.block_on(async {
         for node in nodes.iter().step_by(10) {
             let target = node.status()["address"].as_str().unwrap().parse().unwrap();
-            newcomer.ensure_connected(target).await.unwrap();
+            newcomer.connector().connect(target).await.unwrap();
         }
     });
     drop(nodes);

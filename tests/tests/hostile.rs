@@ -337,7 +337,7 @@ fn a_flood_of_unfinished_handshakes_does_not_lock_out_a_genuine_dial() {
 
 #[test]
 fn a_flood_of_long_trust_requests_is_listed_whole_and_printed_harmlessly() {
-    use tern_daemon::trust_requests;
+    use tern_daemon::services::trust_requests;
     use tern_proto::trust_request::{MAX_REASON_LEN, Message, SignedRequest};
     // More than one local API frame of pending requests (each reason at its maximum).
     const SENDERS: usize = 110;

@@ -3,7 +3,7 @@
 //! up carries the connection (punching goes on behind a relayed one, in the path monitor).
 //! A punched endpoint is dialled directly, abandoning a relay dial still in flight. When
 //! neither works, the record's endpoints are dialled plainly, one after another (a peer with
-//! no rendezvous in common starts there). `Daemon::ensure_connected` is its shell.
+//! no rendezvous in common starts there). `connect::Connector::connect` is its shell.
 
 use std::net::SocketAddr;
 use std::time::Duration;

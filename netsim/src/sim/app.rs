@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use tern_daemon::api::{FrameIoError, read_frame, serve_client, write_frame};
 use tern_daemon::daemon::Daemon;
+use tern_daemon::daemon::api::{FrameIoError, read_frame, serve_client, write_frame};
 use tern_proto::api::{Request, Response};
 use tokio::io::DuplexStream;
 

@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig, DaemonError};
+use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig, StartError};
 use tern_daemon::home::Home;
 use tern_proto::Name;
 
@@ -92,7 +92,7 @@ impl Sim {
         ip: Ipv4Addr,
         rendezvous: &[SocketAddr],
         name: Option<Name>,
-    ) -> Result<Arc<Daemon>, DaemonError> {
+    ) -> Result<Arc<Daemon>, StartError> {
         let host = self.host(ip);
         let mut config = DaemonConfig::new(
             Home::at(format!("/sim/{ip}")),

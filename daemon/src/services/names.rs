@@ -3,17 +3,20 @@
 //! The first key a name is seen with is pinned; a later different key for that name is
 //! refused until the operator forgets the pin, so no rendezvous can redirect a name.
 //!
-//! The daemon's side of names lives here too: resolving a TARGET, `find`, claiming this
-//! node's name at its rendezvous servers, aliases and pins.
+//! [`Names`] uses them: resolving a TARGET, `find`, claiming this node's name (through the
+//! rendezvous client), aliases and pins.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tern_proto::record::Record;
-use tern_proto::{Address, Name, Target};
+use tern_proto::{Address, Name, Target, TargetError};
 
-use crate::daemon::{Daemon, DaemonError};
-use crate::rendezvous::{self, RegisterError, RendezvousError};
+use crate::node::Node;
+use crate::rendezvous::RendezvousClient;
+use crate::rendezvous::client::{FindError, NameHeld};
+use crate::store::{Document, StoreError};
 
 pub const NAMES_FILE: &str = "names.json";
 
@@ -76,11 +79,51 @@ impl NameBook {
     }
 }
 
-impl Daemon {
+/// Why a name or TARGET could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
+    #[error(
+        "no node holds the name {0} at this node or its rendezvous servers: check the spelling, \
+         that the node runs with --hostname {0}, and that both use the same rendezvous"
+    )]
+    NotFound(Name),
+    #[error("cannot look the name {0} up: {1}")]
+    Unresolved(Name, String),
+    #[error(transparent)]
+    Pinned(#[from] PinMismatch),
+    #[error(transparent)]
+    Held(#[from] NameHeld),
+    #[error("no alias {0}; `ternctl alias list` shows them")]
+    NoAlias(Name),
+    #[error(transparent)]
+    Find(#[from] FindError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// This node's names: its own, claimed through the rendezvous client; the operator's
+/// aliases; and the pins that keep every name on the key it was first seen with.
+pub struct Names {
+    node: Node,
+    rendezvous: Arc<RendezvousClient>,
+    book: Document<NameBook>,
+}
+
+impl Names {
+    pub fn new(node: Node, rendezvous: Arc<RendezvousClient>, book: Document<NameBook>) -> Self {
+        Self {
+            node,
+            rendezvous,
+            book,
+        }
+    }
+
     /// The address a TARGET names: an address as it is; a name through the operator's
     /// aliases, then the key pinned for it, then the rendezvous servers (see
-    /// [`Daemon::find_name`]).
-    pub async fn resolve(&self, target: &str) -> Result<Address, DaemonError> {
+    /// [`Names::find_name`]).
+    pub async fn resolve(&self, target: &str) -> Result<Address, NameError> {
         match target.parse::<Target>()? {
             Target::Address(address) => Ok(address),
             Target::Name(name) => match self.alias(&name) {
@@ -93,12 +136,12 @@ impl Daemon {
     /// What `ternctl find` shows: the target's verified record, where it came from (`via`:
     /// a rendezvous) and how the TARGET was resolved (`resolved`: address, alias, pinned or
     /// name).
-    pub async fn find_target(&self, target: &str) -> Result<Value, DaemonError> {
+    pub async fn find_target(&self, target: &str) -> Result<Value, NameError> {
         let parsed = target.parse::<Target>()?;
         let (record, resolved) = match &parsed {
-            Target::Address(address) => (self.find(*address).await?.0, "address"),
+            Target::Address(address) => (self.rendezvous.find(*address).await?.0, "address"),
             Target::Name(name) => match self.alias(name) {
-                Some(address) => (self.find(address).await?.0, "alias"),
+                Some(address) => (self.rendezvous.find(address).await?.0, "alias"),
                 None => self.find_name(name).await?,
             },
         };
@@ -114,23 +157,17 @@ impl Daemon {
         }))
     }
 
-    fn pin(&self, name: &Name) -> Option<Pin> {
-        let names = self.names.lock().expect("names lock");
-        names.get().pinned.get(name).cloned()
-    }
-
     fn alias(&self, name: &Name) -> Option<Address> {
-        let names = self.names.lock().expect("names lock");
-        names.get().aliases.get(name).copied()
+        self.book.read(|book| book.aliases.get(name).copied())
     }
 
     /// The live record for `name` and how it was found: through the key pinned for it
     /// ("pinned"), else the record holding the name at this node's rendezvous servers
     /// ("name"), checked against (or else pinned as) the key this node saw for it first.
     /// The pinned key comes first, so no rendezvous can move a name once it was seen.
-    async fn find_name(&self, name: &Name) -> Result<(Record, &'static str), DaemonError> {
-        if let Some(pin) = self.pin(name) {
-            match self.find(pin.address).await {
+    async fn find_name(&self, name: &Name) -> Result<(Record, &'static str), NameError> {
+        if let Some(pin) = self.book.read(|book| book.pinned.get(name).cloned()) {
+            match self.rendezvous.find(pin.address).await {
                 Ok((record, _))
                     if hex::encode(record.identity.key_bytes()) == pin.public_key
                         && record.name.as_ref() == Some(name) =>
@@ -142,93 +179,48 @@ impl Daemon {
                 Ok(_) | Err(_) => {}
             }
         }
-        let own = self
-            .resolves_through_own_registry()
-            .then(|| {
-                let registry = self.registry.lock().expect("registry lock");
-                registry.lookup_name(self.node.unix_now(), name).cloned()
-            })
-            .flatten();
-        let record = match own {
-            Some(record) => record,
-            None => match self
-                .ask_servers(|server| rendezvous::lookup_name(&self.node, server, name))
-                .await
-            {
-                Ok(Some((record, _))) => record,
-                Ok(None) => return Err(DaemonError::NameNotFound(name.clone())),
-                Err(detail) => return Err(DaemonError::NameUnresolved(name.clone(), detail)),
-            },
+        let record = match self.rendezvous.find_name(name).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(NameError::NotFound(name.clone())),
+            Err(detail) => return Err(NameError::Unresolved(name.clone(), detail)),
         };
-        let mut names = self.names.lock().expect("names lock");
-        if let Some(pin) = names.get().check_pin(name, &record, self.node.unix_now())? {
-            tracing::info!(%name, address = %pin.address, "name pinned");
-            names.update(|book| book.pinned.insert(name.clone(), pin))?;
+        let now = self.node.unix_now();
+        if let Some(pin) = self.book.read(|book| book.check_pin(name, &record, now))? {
+            let address = pin.address;
+            self.book.update(|book| {
+                book.pinned.entry(name.clone()).or_insert(pin);
+            })?;
+            // Another look-up may have pinned another key meanwhile: the first pin stands.
+            self.book.read(|book| book.check_pin(name, &record, now))?;
+            tracing::info!(%name, %address, "name pinned");
         }
         Ok((record, "name"))
+    }
+
+    pub fn own(&self) -> Option<Name> {
+        self.book.read(|book| book.own.clone())
     }
 
     /// Claims `name` (or, with None, drops this node's name) at once: saved in the home and
     /// registered with every rendezvous. A name another key holds is refused and the old
     /// name kept.
-    pub async fn set_name(&self, name: Option<Name>) -> Result<Value, DaemonError> {
-        let previous = self.own_name();
-        self.names
-            .lock()
-            .expect("names lock")
-            .update(|book| book.own = name.clone())?;
-        let mut taken = match self.register_with_self() {
-            Err(RegisterError::NameTaken { name, holder }) => {
-                Some((name, holder, "this node".to_string()))
-            }
-            _ => None,
-        };
-        let mut pending = Vec::new();
-        let servers: Vec<String> = self
-            .servers
-            .lock()
-            .expect("server state lock")
-            .iter()
-            .map(|s| s.server.clone())
-            .collect();
-        for spec in servers {
-            if taken.is_some() {
-                break;
-            }
-            let server = match self.reach_server(&spec).await {
-                Ok(server) => server,
-                Err(e) => {
-                    pending.push(format!("rendezvous {spec}: {e}"));
-                    continue;
-                }
-            };
-            match rendezvous::register(&self.node, server, self.own_record(true)).await {
-                Ok(_) => {}
-                Err(RendezvousError::NameTaken { name, holder }) => {
-                    taken = Some((name, holder, spec))
-                }
-                Err(e) => pending.push(format!("rendezvous {spec}: {e}")),
+    pub async fn set_name(&self, name: Option<Name>) -> Result<Value, NameError> {
+        let previous = self.own();
+        self.book.update(|book| book.own = name.clone())?;
+        match self.rendezvous.claim(name.clone()).await {
+            Ok(pending) => Ok(
+                json!({ "name": name, "address": self.node.address(), "not_registered": pending }),
+            ),
+            Err(held) => {
+                self.book.update(|book| book.own = previous)?;
+                Err(held.into())
             }
         }
-        if let Some((name, holder, server)) = taken {
-            self.names
-                .lock()
-                .expect("names lock")
-                .update(|book| book.own = previous)?;
-            let _ = self.register_with_self();
-            return Err(DaemonError::NameTaken {
-                name,
-                holder,
-                server,
-            });
-        }
-        Ok(json!({ "name": name, "address": self.node.address(), "not_registered": pending }))
     }
 
     /// Forgets the key pinned for `name`: the next lookup pins whatever key it finds.
-    pub fn forget_name(&self, name: &Name) -> Result<Option<Address>, DaemonError> {
-        let mut names = self.names.lock().expect("names lock");
-        let pin = names.update(|book| book.pinned.remove(name))?;
+    pub fn forget_name(&self, name: &Name) -> Result<Option<Address>, NameError> {
+        let pin = self.book.update(|book| book.pinned.remove(name))?;
         Ok(pin.map(|p| p.address))
     }
 
@@ -236,22 +228,20 @@ impl Daemon {
         &self,
         name: Name,
         address: Option<Address>,
-    ) -> Result<Option<Address>, DaemonError> {
-        let mut names = self.names.lock().expect("names lock");
-        let previous = names.update(|book| match address {
+    ) -> Result<Option<Address>, NameError> {
+        let previous = self.book.update(|book| match address {
             Some(address) => book.aliases.insert(name.clone(), address),
             None => book.aliases.remove(&name),
         })?;
         if address.is_none() && previous.is_none() {
-            return Err(DaemonError::NoAlias(name));
+            return Err(NameError::NoAlias(name));
         }
         Ok(previous)
     }
 
-    pub fn names(&self) -> Value {
-        let names = self.names.lock().expect("names lock");
-        let book = names.get();
-        json!({ "own": book.own, "aliases": book.aliases, "pinned": book.pinned })
+    pub fn list(&self) -> Value {
+        self.book
+            .read(|book| json!({ "own": book.own, "aliases": book.aliases, "pinned": book.pinned }))
     }
 }
 

@@ -2,10 +2,12 @@
 //! the operator answers with `trust approve` or `trust reject`, and the answer goes back so
 //! that approval adds each side to the other's trust list. The book of pending (incoming)
 //! and outgoing requests lives in the home as `trust-requests.json`; incoming requests are
-//! kept as their signed bytes and verified again when read back. The daemon's side (sending,
-//! answering, and the service on the trust request port) is here too.
+//! kept as their signed bytes and verified again when read back. [`TrustRequests`] sends
+//! them, answers them, and serves the trust request port.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -15,8 +17,12 @@ use tern_proto::trust_request::{
     self, Answer, MAX_MESSAGE_LEN, Message, SignedRequest, TRUST_REQUEST_PORT,
 };
 
-use crate::daemon::{Daemon, DaemonError};
-use crate::node::{ExchangeError, Listener, Node};
+use super::names::{NameError, Names};
+use super::trust::Trust;
+use crate::node::{Access, ExchangeError, Listener, Node};
+use crate::ratelimit::RateLimiter;
+use crate::store::{Document, StoreError};
+use crate::traversal::connect::{ConnectError, Connector};
 
 pub const REQUESTS_FILE: &str = "trust-requests.json";
 /// Incoming requests kept at once; past this, a new one evicts the oldest.
@@ -206,86 +212,131 @@ pub async fn send(node: &Node, peer: Address, message: &Message) -> Result<(), S
     }
 }
 
-impl Daemon {
+/// Why a trust request, or the answer to one, went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustRequestError {
+    #[error(
+        "no pending trust request from {0}; `ternctl trust pending` lists them (to trust a node \
+         that did not ask: `ternctl trust add`)"
+    )]
+    NoPending(Address),
+    #[error("trust request to {peer} not delivered: {source}")]
+    NotDelivered { peer: Address, source: SendError },
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The trust request service: this node's requests to others, its operator's answers to
+/// requests from others, and the service on the trust request port.
+pub struct TrustRequests {
+    node: Node,
+    names: Arc<Names>,
+    connector: Arc<Connector>,
+    trust: Arc<Trust>,
+    book: Document<RequestBook>,
+    limiter: Mutex<RateLimiter>,
+    /// Trust request messages refused (forged, stale, too many, no request of ours).
+    refused: AtomicU64,
+}
+
+impl TrustRequests {
+    /// Serves the trust request port and retells undelivered answers, as tasks of the node.
+    pub fn start(
+        node: Node,
+        names: Arc<Names>,
+        connector: Arc<Connector>,
+        trust: Arc<Trust>,
+        book: Document<RequestBook>,
+    ) -> Arc<Self> {
+        let listener = node
+            .listen(TRUST_REQUEST_PORT, Access::Open)
+            .expect("a fresh node has no listener on the trust request port");
+        let service = Arc::new(Self {
+            node: node.clone(),
+            names,
+            connector,
+            trust,
+            book,
+            limiter: Mutex::new(RateLimiter::new(REQUESTS_PER_SECOND, REQUEST_BURST)),
+            refused: AtomicU64::new(0),
+        });
+        node.spawn(serve(Arc::downgrade(&service), listener));
+        node.spawn(retell(Arc::downgrade(&service)));
+        service
+    }
+
+    /// Trust request messages refused since the start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// Sends a signed trust request to `target`; its operator answers with `trust approve`
     /// (then each side trusts the other) or `trust reject`.
-    pub async fn request_trust(&self, target: &str, reason: &str) -> Result<Address, DaemonError> {
-        let peer = self.resolve(target).await?;
+    pub async fn request(&self, target: &str, reason: &str) -> Result<Address, TrustRequestError> {
+        let peer = self.names.resolve(target).await?;
         let request = SignedRequest::sign(
             self.node.secret_identity(),
             peer,
             self.node.unix_now(),
             reason,
         )
-        .map_err(|e| DaemonError::TrustRequest {
+        .map_err(|e| TrustRequestError::NotDelivered {
             peer,
             source: SendError::Refused {
                 peer,
                 reason: e.to_string(),
             },
         })?;
-        self.ensure_connected(peer).await?;
+        self.connector.connect(peer).await?;
         // Noted first: the approval may come back before the answer to the request does.
-        self.requests
-            .lock()
-            .expect("requests lock")
+        self.book
             .update(|book| book.add_outgoing(peer, self.node.unix_now()))?;
         let sent = send(&self.node, peer, &Message::Request(Box::new(request))).await;
         if let Err(source) = sent {
-            self.requests
-                .lock()
-                .expect("requests lock")
-                .update(|book| book.end_outgoing(peer))?;
-            return Err(DaemonError::TrustRequest { peer, source });
+            self.book.update(|book| book.end_outgoing(peer))?;
+            return Err(TrustRequestError::NotDelivered { peer, source });
         }
         Ok(peer)
     }
 
     /// The pending requests after `after` that fit in one local API frame (`next` says where
     /// the next page starts), and our outgoing ones.
-    pub fn trust_requests(&self, after: Option<&str>) -> Value {
-        let requests = self.requests.lock().expect("requests lock");
-        let outgoing = requests.get().outgoing_list();
+    pub fn list(&self, after: Option<&str>) -> Value {
+        let (outgoing, pending) = self.book.read(|book| {
+            (
+                book.outgoing_list(),
+                book.pending_list(self.node.unix_now()),
+            )
+        });
         let room = PAGE_BUDGET.saturating_sub(json!(outgoing).to_string().len());
-        let (pending, next) = page(
-            requests.get().pending_list(self.node.unix_now()),
-            after,
-            room,
-        );
+        let (pending, next) = page(pending, after, room);
         json!({ "pending": pending, "next": next, "outgoing": outgoing })
     }
 
     /// Answers `peer`'s pending request: approval trusts it here; either way the peer is
     /// told (best effort: the answer here stands even if it cannot be told now).
-    pub async fn answer_trust_request(
-        &self,
-        peer: Address,
-        approve: bool,
-    ) -> Result<Value, DaemonError> {
-        let request = self
-            .requests
-            .lock()
-            .expect("requests lock")
-            .update(|book| book.take_pending(peer))?;
+    pub async fn answer(&self, peer: Address, approve: bool) -> Result<Value, TrustRequestError> {
+        let request = self.book.update(|book| book.take_pending(peer))?;
         if request.is_none() {
-            return Err(DaemonError::NoPendingRequest(peer));
+            return Err(TrustRequestError::NoPending(peer));
         }
         if approve {
-            self.set_trust(peer, true)?;
+            self.trust.set(peer, true)?;
         }
         let told = tokio::time::timeout(TELL_WAIT, self.tell_answer(peer, approve))
             .await
             .unwrap_or_else(|_| {
-                Err(DaemonError::Unreachable {
+                Err(TrustRequestError::Connect(ConnectError::Unreachable {
                     peer,
                     detail: format!("no answer within {TELL_WAIT:?}; it will be told later"),
-                })
+                }))
             });
         if told.is_err() {
-            self.requests
-                .lock()
-                .expect("requests lock")
-                .update(|book| book.add_untold(peer, approve))?;
+            self.book.update(|book| book.add_untold(peer, approve))?;
         }
         Ok(json!({
             "address": peer,
@@ -296,26 +347,25 @@ impl Daemon {
     }
 
     /// Tells `peer` how its request was answered.
-    async fn tell_answer(&self, peer: Address, approved: bool) -> Result<(), DaemonError> {
+    async fn tell_answer(&self, peer: Address, approved: bool) -> Result<(), TrustRequestError> {
         let message = match approved {
             true => Message::Approved,
             false => Message::Rejected,
         };
-        self.ensure_connected(peer).await?;
+        self.connector.connect(peer).await?;
         send(&self.node, peer, &message)
             .await
-            .map_err(|source| DaemonError::TrustRequest { peer, source })
+            .map_err(|source| TrustRequestError::NotDelivered { peer, source })
     }
 
     /// Tries again to tell requesters that could not be reached when their request was
     /// answered; an answer stays queued (in the home) until it is delivered.
-    pub(crate) async fn tell_untold(&self) {
-        let untold = self.requests.lock().expect("requests lock").get().untold();
-        for (peer, approved) in untold {
+    async fn tell_untold(&self) {
+        for (peer, approved) in self.book.read(RequestBook::untold) {
             let told = match self.tell_answer(peer, approved).await {
                 Ok(()) => true,
                 // It answered, but had no request to us (any more): nothing left to tell.
-                Err(DaemonError::TrustRequest {
+                Err(TrustRequestError::NotDelivered {
                     source: SendError::Refused { .. },
                     ..
                 }) => true,
@@ -323,32 +373,31 @@ impl Daemon {
             };
             if told {
                 tracing::info!(%peer, approved, "told a requester the answer to its trust request");
-                let mut requests = self.requests.lock().expect("requests lock");
-                let _ = requests.update(|book| book.take_untold(peer));
+                let _ = self.book.update(|book| book.take_untold(peer));
             }
         }
     }
 
     /// One message on the trust request port from a verified peer.
-    fn on_trust_message(&self, peer: Address, message: Message) -> trust_request::Answer {
-        use trust_request::Answer;
+    fn on_message(&self, peer: Address, message: Message) -> Answer {
         let refused = |e: &dyn std::fmt::Display| Answer::Refused(e.to_string());
-        let mut requests = self.requests.lock().expect("requests lock");
         match message {
             Message::Request(request) => {
                 let allowed = self
-                    .request_limiter
+                    .limiter
                     .lock()
                     .expect("limiter lock")
                     .allow(tokio::time::Instant::now(), peer);
                 if !allowed {
                     return Answer::Refused("too many trust requests; wait a minute".into());
                 }
-                if self.trust_list().contains(&peer) {
+                if self.trust.contains(peer) {
                     return Answer::Accepted;
                 }
-                let me = self.node.address();
-                match requests.update(|book| book.receive(&request, peer, me, self.node.unix_now()))
+                let (me, now) = (self.node.address(), self.node.unix_now());
+                match self
+                    .book
+                    .update(|book| book.receive(&request, peer, me, now))
                 {
                     Ok(Ok(new)) => {
                         if new {
@@ -361,19 +410,18 @@ impl Daemon {
                 }
             }
             Message::Approved | Message::Rejected => {
-                match requests.update(|book| book.end_outgoing(peer)) {
+                match self.book.update(|book| book.end_outgoing(peer)) {
                     Ok(true) => {}
                     Ok(false) => {
                         return Answer::Refused("this node sent you no trust request".into());
                     }
                     Err(e) => return refused(&e),
                 }
-                drop(requests);
                 if matches!(message, Message::Rejected) {
                     tracing::warn!(%peer, "trust request rejected");
                     return Answer::Accepted;
                 }
-                match self.set_trust(peer, true) {
+                match self.trust.set(peer, true) {
                     Ok(_) => {
                         tracing::info!(%peer, "trust request approved; trusting it in return");
                         Answer::Accepted
@@ -390,22 +438,22 @@ pub const TELL_WAIT: Duration = Duration::from_secs(3);
 /// How often answers that could not be delivered are tried again.
 pub const RETELL_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Retries undelivered answers every [`RETELL_INTERVAL`] while the daemon lives.
-pub async fn retell(daemon: std::sync::Weak<Daemon>) {
+/// Retries undelivered answers every [`RETELL_INTERVAL`] while the service lives.
+async fn retell(service: Weak<TrustRequests>) {
     loop {
         tokio::time::sleep(RETELL_INTERVAL).await;
-        let Some(d) = daemon.upgrade() else { return };
-        d.tell_untold().await;
+        let Some(s) = service.upgrade() else { return };
+        s.tell_untold().await;
     }
 }
 
 /// Answers trust request messages on their port until the node shuts down.
-pub async fn serve(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
+async fn serve(service: Weak<TrustRequests>, mut listener: Listener) {
     while let Some(mut stream) = listener.accept().await {
-        let Some(node) = daemon.upgrade().map(|d| d.node.clone()) else {
+        let Some(node) = service.upgrade().map(|s| s.node.clone()) else {
             return;
         };
-        let daemon = daemon.clone();
+        let service = service.clone();
         node.spawn(async move {
             let read = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -414,19 +462,18 @@ pub async fn serve(daemon: std::sync::Weak<Daemon>, mut listener: Listener) {
             .await;
             let answer = match read {
                 Ok(Ok(bytes)) => match Message::decode(&bytes) {
-                    Ok(message) => match daemon.upgrade() {
-                        Some(d) => d.on_trust_message(stream.peer, message),
+                    Ok(message) => match service.upgrade() {
+                        Some(s) => s.on_message(stream.peer, message),
                         None => return,
                     },
-                    Err(e) => trust_request::Answer::Refused(e.to_string()),
+                    Err(e) => Answer::Refused(e.to_string()),
                 },
                 _ => return,
             };
-            if let trust_request::Answer::Refused(reason) = &answer {
+            if let Answer::Refused(reason) = &answer {
                 tracing::info!(peer = %stream.peer, %reason, "trust request message refused");
-                if let Some(d) = daemon.upgrade() {
-                    d.trust_messages_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(s) = service.upgrade() {
+                    s.refused.fetch_add(1, Ordering::Relaxed);
                 }
             }
             let _ = stream.send.write_all(&answer.encode()).await;

@@ -13,11 +13,17 @@ use tokio::net::UnixListener;
 
 pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
+use super::Daemon;
 use crate::backoff::accept_patiently;
-use crate::daemon::{Daemon, DaemonError};
 use crate::env::LinkIo;
 use crate::node::{DialError, OverlayStream};
+use crate::rendezvous::client::FindError;
+use crate::services::apps::AppError;
+use crate::services::names::NameError;
+use crate::services::trust_requests::TrustRequestError;
+use crate::store::StoreError;
 use crate::streams::{Outcome, StreamHandle, wait_outcome};
+use crate::traversal::connect::ConnectError;
 
 /// A client must send its request within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -51,7 +57,7 @@ pub async fn serve(daemon: Weak<Daemon>, listener: UnixListener) {
         let Some(daemon) = daemon.upgrade() else {
             return;
         };
-        daemon.node.clone().spawn(async move {
+        daemon.node().clone().spawn(async move {
             let _place = place;
             if let Err(e) = serve_client(&daemon, stream).await {
                 tracing::debug!(error = %e, "local API client ended");
@@ -60,55 +66,110 @@ pub async fn serve(daemon: Weak<Daemon>, listener: UnixListener) {
     }
 }
 
-fn failure_of(e: &DaemonError) -> Response {
-    let (code, hint) = match e {
-        DaemonError::BadTarget(_) => (
-            "bad_address",
-            Some("use the address `ternctl id` prints on the other node, or its name"),
-        ),
-        DaemonError::NameNotFound(_)
-        | DaemonError::NoAlias(_)
-        | DaemonError::NoPendingRequest(_) => ("not_found", None),
-        DaemonError::Pinned(_) => ("pin_mismatch", None),
-        DaemonError::NameTaken { .. } => ("name_taken", None),
-        DaemonError::NameUnresolved(..) => (
-            "unreachable",
-            Some("check the rendezvous servers in `ternctl status`"),
-        ),
-        DaemonError::TrustRequest { .. } => ("not_delivered", None),
-        DaemonError::NotFound(_) => (
-            "not_found",
-            Some(
-                "check the address, and that both nodes use the same rendezvous (ternd --rendezvous)",
+const UNREACHABLE_HINT: &str =
+    "check that the remote ternd runs; `ternctl status` shows this node's registration";
+
+/// An error as the local API reports it: a code clients match on, the message, and a hint
+/// at what to do. Every error a request can end in has its code here.
+trait Failure: std::error::Error {
+    fn code(&self) -> (&'static str, Option<&'static str>);
+
+    fn failure(&self) -> Response {
+        let (code, hint) = self.code();
+        Response::failure(code, self.to_string(), hint.map(String::from))
+    }
+}
+
+impl Failure for StoreError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        ("internal", None)
+    }
+}
+
+impl Failure for FindError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            FindError::NotFound(_) => (
+                "not_found",
+                Some(
+                    "check the address, and that both nodes use the same rendezvous (ternd --rendezvous)",
+                ),
             ),
-        ),
-        DaemonError::Dial(DialError::Refused { .. }) => (
-            "refused",
-            Some(
-                "the remote operator can run `ternctl trust add <this node's address>`, or expose the port with --open",
-            ),
-        ),
-        DaemonError::Unreachable { .. } | DaemonError::Dial(_) | DaemonError::Probe(_) => (
-            "unreachable",
-            Some(
-                "check that the remote ternd runs; `ternctl status` shows this node's registration",
-            ),
-        ),
-        DaemonError::Datagram(_) => (
-            "datagram_not_sent",
-            Some("datagrams must fit one packet (about 1,100 bytes); use a stream for more"),
-        ),
-        DaemonError::ReservedPort(_) | DaemonError::PortInUse(_) | DaemonError::NotListening(_) => {
-            ("bad_port", None)
+            FindError::Unanswered { .. } => ("unreachable", Some(UNREACHABLE_HINT)),
         }
-        _ => ("internal", None),
-    };
-    Response::failure(code, e.to_string(), hint.map(String::from))
+    }
+}
+
+impl Failure for ConnectError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ConnectError::Find(e) => e.code(),
+            ConnectError::Unreachable { .. } => ("unreachable", Some(UNREACHABLE_HINT)),
+        }
+    }
+}
+
+impl Failure for NameError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            NameError::BadTarget(_) => (
+                "bad_address",
+                Some("use the address `ternctl id` prints on the other node, or its name"),
+            ),
+            NameError::NotFound(_) | NameError::NoAlias(_) => ("not_found", None),
+            NameError::Pinned(_) => ("pin_mismatch", None),
+            NameError::Held(_) => ("name_taken", None),
+            NameError::Unresolved(..) => (
+                "unreachable",
+                Some("check the rendezvous servers in `ternctl status`"),
+            ),
+            NameError::Find(e) => e.code(),
+            NameError::Store(e) => e.code(),
+        }
+    }
+}
+
+impl Failure for TrustRequestError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            TrustRequestError::NoPending(_) => ("not_found", None),
+            TrustRequestError::NotDelivered { .. } => ("not_delivered", None),
+            TrustRequestError::Name(e) => e.code(),
+            TrustRequestError::Connect(e) => e.code(),
+            TrustRequestError::Store(e) => e.code(),
+        }
+    }
+}
+
+impl Failure for AppError {
+    fn code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            AppError::Connect(e) => e.code(),
+            AppError::Dial(DialError::Refused { .. }) => (
+                "refused",
+                Some(
+                    "the remote operator can run `ternctl trust add <this node's address>`, or expose the port with --open",
+                ),
+            ),
+            AppError::Dial(_) | AppError::Probe(_) => ("unreachable", Some(UNREACHABLE_HINT)),
+            AppError::Datagram(_) => (
+                "datagram_not_sent",
+                Some("datagrams must fit one packet (about 1,100 bytes); use a stream for more"),
+            ),
+            AppError::ReservedPort(_) | AppError::PortInUse(_) | AppError::NotListening(_) => {
+                ("bad_port", None)
+            }
+        }
+    }
 }
 
 /// A TARGET (address or name) as an address, or the failure to send back.
 async fn resolve(daemon: &Daemon, target: &str) -> Result<Address, Response> {
-    daemon.resolve(target).await.map_err(|e| failure_of(&e))
+    daemon
+        .names()
+        .resolve(target)
+        .await
+        .map_err(|e| e.failure())
 }
 
 fn parse_name(text: &str) -> Result<Name, Response> {
@@ -117,10 +178,10 @@ fn parse_name(text: &str) -> Result<Name, Response> {
 }
 
 /// The response to a request that either succeeds with `data` or fails.
-fn answer(result: Result<Value, DaemonError>) -> Response {
+fn answer(result: Result<Value, impl Failure>) -> Response {
     match result {
         Ok(data) => Response::success(data),
-        Err(e) => failure_of(&e),
+        Err(e) => e.failure(),
     }
 }
 
@@ -151,7 +212,7 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
             Request::Ping { target } => {
                 let response = match resolve(daemon, &target).await {
                     Err(response) => response,
-                    Ok(peer) => answer(daemon.ping(peer).await.map(
+                    Ok(peer) => answer(daemon.apps().ping(peer).await.map(
                         |rtt| json!({ "address": peer, "rtt_ms": rtt.as_secs_f64() * 1000.0 }),
                     )),
                 };
@@ -163,7 +224,8 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                     Err(response) => response,
                     Ok(peer) => answer(
                         daemon
-                            .set_trust(peer, trusted)
+                            .trust()
+                            .set(peer, trusted)
                             .map(|changed| json!({ "address": peer, "changed": changed })),
                     ),
                 };
@@ -172,32 +234,33 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
             Request::TrustRequest { target, reason } => {
                 let response = answer(
                     daemon
-                        .request_trust(&target, &reason)
+                        .trust_requests()
+                        .request(&target, &reason)
                         .await
                         .map(|peer| json!({ "address": peer, "delivered": true })),
                 );
                 write_frame(&mut client, &response).await?
             }
             Request::TrustRequests { after } => {
-                let requests = daemon.trust_requests(after.as_deref());
+                let requests = daemon.trust_requests().list(after.as_deref());
                 write_frame(&mut client, &Response::success(requests)).await?
             }
             Request::TrustApprove { ref address } | Request::TrustReject { ref address } => {
                 let approve = matches!(request, Request::TrustApprove { .. });
                 let response = match resolve(daemon, address).await {
                     Err(response) => response,
-                    Ok(peer) => answer(daemon.answer_trust_request(peer, approve).await),
+                    Ok(peer) => answer(daemon.trust_requests().answer(peer, approve).await),
                 };
                 write_frame(&mut client, &response).await?
             }
             Request::Find { target } => {
-                let response = answer(daemon.find_target(&target).await);
+                let response = answer(daemon.names().find_target(&target).await);
                 write_frame(&mut client, &response).await?
             }
             Request::NameSet { name } => {
                 let response = match name.as_deref().map(parse_name).transpose() {
                     Err(response) => response,
-                    Ok(name) => answer(daemon.set_name(name).await),
+                    Ok(name) => answer(daemon.names().set_name(name).await),
                 };
                 write_frame(&mut client, &response).await?
             }
@@ -206,13 +269,16 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                     Err(response) => response,
                     Ok(name) => answer(
                         daemon
+                            .names()
                             .forget_name(&name)
                             .map(|pinned| json!({ "name": name, "was_pinned_to": pinned })),
                     ),
                 };
                 write_frame(&mut client, &response).await?
             }
-            Request::Names => write_frame(&mut client, &Response::success(daemon.names())).await?,
+            Request::Names => {
+                write_frame(&mut client, &Response::success(daemon.names().list())).await?
+            }
             Request::Alias { name, address } => {
                 let address = match address.map(|a| a.parse::<Address>()).transpose() {
                     Ok(address) => address,
@@ -224,7 +290,7 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                 };
                 let response = match parse_name(&name) {
                     Err(response) => response,
-                    Ok(name) => answer(daemon.set_alias(name.clone(), address).map(|previous| {
+                    Ok(name) => answer(daemon.names().set_alias(name.clone(), address).map(|previous| {
                         json!({ "name": name, "address": address, "previous": previous })
                     })),
                 };
@@ -263,14 +329,14 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                 write_frame(&mut client, &response).await?
             }
             Request::TrustList => {
-                let trusted = json!({ "trusted": daemon.trust_list() });
+                let trusted = json!({ "trusted": daemon.trust().list() });
                 write_frame(&mut client, &Response::success(trusted)).await?
             }
             Request::Listen { port, open } => {
-                let mut datagrams = match daemon.listen(port, open) {
+                let mut datagrams = match daemon.apps().listen(port, open) {
                     Ok(datagrams) => datagrams,
                     Err(e) => {
-                        write_frame(&mut client, &failure_of(&e)).await?;
+                        write_frame(&mut client, &e.failure()).await?;
                         continue;
                     }
                 };
@@ -297,7 +363,7 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                         }
                     }
                 }
-                daemon.unlisten(port);
+                daemon.apps().unlisten(port);
                 return Ok(());
             }
             Request::SendDatagram {
@@ -314,11 +380,12 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                         None,
                     ),
                     (Ok(peer), Ok(payload)) => match daemon
+                        .apps()
                         .send_datagram(peer, port, source_port, &payload)
                         .await
                     {
                         Ok(()) => Response::success(json!({ "sent": payload.len() })),
-                        Err(e) => failure_of(&e),
+                        Err(e) => e.failure(),
                     },
                 };
                 write_frame(&mut client, &response).await?
@@ -331,7 +398,7 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                         continue;
                     }
                 };
-                match daemon.dial(peer, port).await {
+                match daemon.apps().dial(peer, port).await {
                     Ok(stream) => {
                         let handle = daemon.streams().open();
                         let opened = json!({ "stream": handle.id, "peer": peer, "port": port, "local_port": stream.local_port });
@@ -339,10 +406,10 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                         splice(client, stream, handle).await;
                         return Ok(());
                     }
-                    Err(e) => write_frame(&mut client, &failure_of(&e)).await?,
+                    Err(e) => write_frame(&mut client, &e.failure()).await?,
                 }
             }
-            Request::Accept { port } => match daemon.accept(port).await {
+            Request::Accept { port } => match daemon.apps().accept(port).await {
                 Ok(Some(stream)) => {
                     let handle = daemon.streams().open();
                     let accepted = json!({ "stream": handle.id, "peer": stream.peer, "port": port, "remote_port": stream.remote_port });
@@ -351,10 +418,10 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                     return Ok(());
                 }
                 Ok(None) => {
-                    let e = DaemonError::NotListening(port);
-                    write_frame(&mut client, &failure_of(&e)).await?
+                    let e = AppError::NotListening(port);
+                    write_frame(&mut client, &e.failure()).await?
                 }
-                Err(e) => write_frame(&mut client, &failure_of(&e)).await?,
+                Err(e) => write_frame(&mut client, &e.failure()).await?,
             },
         }
     }
