@@ -27,6 +27,8 @@ pub struct NatConfig {
     pub timeout: Duration,
     /// All UDP is dropped (TCP still passes).
     pub blocks_udp: bool,
+    /// An inside host may reach another through the NAT's public address.
+    pub hairpin: bool,
 }
 
 impl NatConfig {
@@ -38,6 +40,7 @@ impl NatConfig {
             preserve_port: true,
             timeout: Duration::from_secs(30),
             blocks_udp: false,
+            hairpin: false,
         }
     }
 
@@ -169,9 +172,21 @@ impl Nat {
         Some(mapping.inside)
     }
 
-    /// Forgets every mapping, as a NAT that rebooted or rebound does.
-    pub fn flush(&mut self) {
-        self.mappings.clear();
+    /// Gives every mapping a new public port, as a NAT that rebound does; what filtering
+    /// lets back in stays with the mapping.
+    pub fn rebind(&mut self) {
+        let old: Vec<u16> = self.mappings.iter().map(|m| m.public_port).collect();
+        for (index, port) in old.into_iter().enumerate() {
+            let fresh = loop {
+                let candidate = self.next_port;
+                self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_PUBLIC_PORT);
+                let taken = self.mappings.iter().any(|m| m.public_port == candidate);
+                if candidate != port && !taken {
+                    break candidate;
+                }
+            };
+            self.mappings[index].public_port = fresh;
+        }
     }
 
     fn expire(&mut self, now: Instant) {
@@ -257,7 +272,7 @@ mod tests {
     }
 
     #[test]
-    fn idle_mappings_expire_and_a_flush_forgets_them_all() {
+    fn idle_mappings_expire_and_a_rebind_moves_them_to_new_ports() {
         let now = Instant::now();
         let host = addr("192.168.1.2:7440");
         let a = addr("203.0.113.1:7440");
@@ -274,7 +289,14 @@ mod tests {
         let later = now + Duration::from_secs(29 + 30);
         assert_eq!(home.inbound(later, a, out.port()), None, "expired");
         home.outbound(later, host, a);
-        home.flush();
-        assert_eq!(home.inbound(later, a, out.port()), None);
+        home.rebind();
+        assert_eq!(home.inbound(later, a, out.port()), None, "the old port");
+        let moved = home.outbound(later, host, a).unwrap();
+        assert_ne!(moved.port(), out.port());
+        assert_eq!(
+            home.inbound(later, a, moved.port()),
+            Some(host),
+            "the new port"
+        );
     }
 }

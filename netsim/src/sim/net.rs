@@ -51,6 +51,14 @@ pub struct LinkModel {
     pub bursts: Option<Bursts>,
     /// The chance, 0 to 1, that a datagram arrives twice.
     pub duplicate: f64,
+    /// The chance, 0 to 1, that a datagram is held back one more latency (later ones
+    /// overtake it).
+    pub reorder: f64,
+    /// Bytes per second the sending host's uplink carries; datagrams queue behind each
+    /// other (0: no limit).
+    pub bandwidth: u64,
+    /// Datagrams larger than this are dropped (0: no limit).
+    pub mtu: usize,
 }
 
 /// Bursty loss: each datagram may start a burst, in which every datagram is lost.
@@ -70,6 +78,9 @@ impl LinkModel {
             loss: 0.0,
             bursts: None,
             duplicate: 0.0,
+            reorder: 0.0,
+            bandwidth: 0,
+            mtu: 0,
         }
     }
 }
@@ -85,6 +96,12 @@ pub struct Network {
 #[derive(Debug)]
 struct NetState {
     link: LinkModel,
+    /// Hosts whose datagrams meet another link than `link`.
+    uplinks: BTreeMap<IpAddr, LinkModel>,
+    /// When each bandwidth-limited uplink is free again.
+    busy_until: BTreeMap<IpAddr, Instant>,
+    /// Hosts that send and receive nothing (crashed).
+    down: BTreeSet<IpAddr>,
     /// Loss and jitter draws, from the simulation's seed.
     rng: ChaCha8Rng,
     /// (from, to) host pairs whose datagrams are dropped: partitions, one-way ones included.
@@ -140,6 +157,9 @@ impl Network {
         let network = Arc::new(Self {
             state: Mutex::new(NetState {
                 link,
+                uplinks: BTreeMap::new(),
+                busy_until: BTreeMap::new(),
+                down: BTreeSet::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 cut: BTreeSet::new(),
                 in_burst: false,
@@ -163,9 +183,24 @@ impl Network {
         self.state.lock().expect("network lock")
     }
 
-    /// What datagrams meet from now on.
+    /// What datagrams meet from now on, from every host without a link of its own.
     pub fn set_link(&self, link: LinkModel) {
         self.state().link = link;
+    }
+
+    /// What datagrams `host` sends meet from now on.
+    pub fn set_uplink(&self, host: IpAddr, link: LinkModel) {
+        self.state().uplinks.insert(host, link);
+    }
+
+    /// A host that is down sends and receives nothing, as a machine that lost power; up
+    /// again, it does.
+    pub fn set_down(&self, host: IpAddr, down: bool) {
+        let mut state = self.state();
+        match down {
+            true => state.down.insert(host),
+            false => state.down.remove(&host),
+        };
     }
 
     /// Drops every datagram from a host in `from` to a host in `to` (also back, unless
@@ -194,10 +229,11 @@ impl Network {
             .insert(public, Nat::new(config, public, inside));
     }
 
-    /// Forgets every mapping of the NAT at `public` (it rebooted, or rebound).
-    pub fn flush_nat(&self, public: std::net::Ipv4Addr) {
+    /// Moves every mapping of the NAT at `public` to a new public port (it rebound): peers
+    /// see the inside hosts' flows come from new ports.
+    pub fn rebind_nat(&self, public: std::net::Ipv4Addr) {
         if let Some(nat) = self.state().nats.get_mut(&public) {
-            nat.flush();
+            nat.rebind();
         }
     }
 
@@ -282,27 +318,43 @@ impl Network {
             len: data.len(),
         });
         let sender = from.ip();
+        let link = state.uplinks.get(&sender).copied().unwrap_or(state.link);
+        if state.down.contains(&sender) || (link.mtu > 0 && data.len() > link.mtu) {
+            return;
+        }
         let Some((from, to)) = state.route(now, from, to) else {
             return;
         };
-        if state.cut.contains(&(sender, to.ip())) || state.lost() {
+        if state.cut.contains(&(sender, to.ip())) || state.lost(link) {
             return;
         }
-        let copies = match state.link.duplicate > 0.0 && unit(&mut state.rng) < state.link.duplicate
-        {
+        // A limited uplink sends one datagram after another.
+        let sent_at = match link.bandwidth {
+            0 => now,
+            rate => {
+                let free = state.busy_until.get(&sender).map_or(now, |&t| t.max(now));
+                let done = free + Duration::from_secs_f64(data.len() as f64 / rate as f64);
+                state.busy_until.insert(sender, done);
+                done
+            }
+        };
+        let copies = match link.duplicate > 0.0 && unit(&mut state.rng) < link.duplicate {
             true => 2,
             false => 1,
         };
         for _ in 0..copies {
-            let link = state.link;
             let jitter = match link.jitter.is_zero() {
                 true => Duration::ZERO,
                 false => link.jitter.mul_f64(unit(&mut state.rng)),
             };
+            let held_back = match link.reorder > 0.0 && unit(&mut state.rng) < link.reorder {
+                true => link.latency.max(Duration::from_millis(1)),
+                false => Duration::ZERO,
+            };
             let seq = state.sent;
             state.sent += 1;
             state.in_flight.push(InFlight {
-                deliver_at: now + link.latency + jitter,
+                deliver_at: sent_at + link.latency + jitter + held_back,
                 seq,
                 from,
                 to,
@@ -316,8 +368,7 @@ impl Network {
 
 impl NetState {
     /// Whether the link loses the next datagram: at random, or in a burst.
-    fn lost(&mut self) -> bool {
-        let link = self.link;
+    fn lost(&mut self, link: LinkModel) -> bool {
         if let Some(bursts) = link.bursts {
             if self.in_burst {
                 self.in_burst = unit(&mut self.rng) >= 1.0 / bursts.mean_len.max(1.0);
@@ -354,10 +405,18 @@ impl NetState {
         if from_site.is_some() && from_site == to_site {
             return Some((from, to));
         }
-        // Another site's private addresses are not routed; nor is a NAT's own public address
-        // from inside it (no hairpinning).
-        if to_site.is_some() || from_site == Some(to_ip) {
+        // Another site's private addresses are not routed.
+        if to_site.is_some() {
             return None;
+        }
+        // A NAT's own public address from inside it: only a hairpinning NAT turns it round.
+        if from_site == Some(to_ip) {
+            let nat = self.nats.get_mut(&to_ip)?;
+            if !nat.config.hairpin {
+                return None;
+            }
+            let from = nat.outbound(now, from, to)?;
+            return Some((from, nat.inbound(now, from, to.port())?));
         }
         let from = match from_site {
             Some(public) => self.nats.get_mut(&public)?.outbound(now, from, to)?,
@@ -415,6 +474,9 @@ async fn deliver(net: Arc<Network>) {
                     break;
                 }
                 let packet = state.in_flight.pop().expect("peeked");
+                if state.down.contains(&packet.to.ip()) {
+                    continue;
+                }
                 let Some(inbox) = state.sockets.get(&packet.to).and_then(Weak::upgrade) else {
                     continue;
                 };
@@ -596,6 +658,75 @@ mod tests {
             assert_eq!(a.inbox.datagrams.lock().unwrap().len(), 1);
             network.heal();
             network.send(a.local, b.local, Bytes::from_static(b"healed"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 1);
+        });
+    }
+
+    #[test]
+    fn only_a_hairpinning_nat_lets_its_hosts_meet_at_its_public_address() {
+        for hairpin in [false, true] {
+            let got = run_paused(Duration::from_secs(10), async move {
+                let network = Network::start(LinkModel::latency(Duration::from_millis(5)), 1);
+                let public = std::net::Ipv4Addr::new(203, 0, 113, 101);
+                let nat = NatConfig {
+                    hairpin,
+                    ..NatConfig::full_cone()
+                };
+                network.add_nat(nat, public, [192, 168, 1]);
+                let one = network.bind_udp("192.168.1.2:1".parse().unwrap()).unwrap();
+                let two = network.bind_udp("192.168.1.3:2".parse().unwrap()).unwrap();
+                // Two's mapping keeps its port: 203.0.113.101:2.
+                network.send(two.local, "203.0.113.1:9".parse().unwrap(), Bytes::new());
+                network.send(one.local, "203.0.113.101:2".parse().unwrap(), Bytes::new());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                two.inbox.datagrams.lock().unwrap().len()
+            });
+            assert_eq!(got, usize::from(hairpin), "hairpin {hairpin}");
+        }
+    }
+
+    #[test]
+    fn a_slow_uplink_spaces_datagrams_and_a_small_mtu_drops_large_ones() {
+        run_paused(Duration::from_secs(10), async {
+            let link = LinkModel {
+                bandwidth: 1000,
+                mtu: 500,
+                ..LinkModel::latency(Duration::from_millis(5))
+            };
+            let network = Network::start(link, 1);
+            let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
+            let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
+            for _ in 0..4 {
+                network.send(a.local, b.local, Bytes::from(vec![0; 250]));
+            }
+            network.send(a.local, b.local, Bytes::from(vec![0; 501]));
+            // 250 bytes at 1000 B/s: one every 250 ms.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 2);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(
+                b.inbox.datagrams.lock().unwrap().len(),
+                4,
+                "the 501-byte one dropped"
+            );
+        });
+    }
+
+    #[test]
+    fn a_host_that_is_down_sends_and_receives_nothing() {
+        run_paused(Duration::from_secs(10), async {
+            let network = Network::start(LinkModel::latency(Duration::from_millis(5)), 1);
+            let a = network.bind_udp("10.0.0.1:1".parse().unwrap()).unwrap();
+            let b = network.bind_udp("10.0.0.2:1".parse().unwrap()).unwrap();
+            network.set_down(b.local.ip(), true);
+            network.send(a.local, b.local, Bytes::new());
+            network.send(b.local, a.local, Bytes::new());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 0);
+            assert_eq!(a.inbox.datagrams.lock().unwrap().len(), 0);
+            network.set_down(b.local.ip(), false);
+            network.send(a.local, b.local, Bytes::new());
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 1);
         });
