@@ -7,4 +7,6 @@
 
 pub mod internet;
 pub mod lab;
+pub mod local_api;
+pub mod scenario;
 pub mod sim;
