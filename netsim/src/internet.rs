@@ -72,6 +72,11 @@ impl Internet {
         Ipv4Addr::new(a, b, c, self.next_public)
     }
 
+    /// The namespace holding the public segment's bridge.
+    pub fn core(&self) -> &Namespace {
+        &self.core
+    }
+
     /// A host with a public address, no NAT.
     pub fn public_host(&mut self, label: &str) -> Result<Host, LabError> {
         let namespace = self.lab.namespace(label)?;

@@ -2,27 +2,9 @@
 //! --seed 7`, each exiting 0 with every check passed; the same seed twice gives the same
 //! report; and a wrong file is refused before anything runs, naming the file, line and key.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn scenarios() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
-}
-
-fn netsim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tern-netsim"))
-        .args(args)
-        .output()
-        .expect("tern-netsim runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::{netsim, scenarios, text};
 
 /// Runs a shipped scenario with seed 7 and returns its JSON report.
 fn passes(name: &str) -> serde_json::Value {

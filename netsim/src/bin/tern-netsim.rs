@@ -90,13 +90,15 @@ fn run() -> Result<bool> {
         } => {
             let scenario = scenario::load(&file)?;
             let seed = seed.unwrap_or(scenario.seed);
-            if kernel {
+            if kernel && check_determinism {
                 bail!(
-                    "--kernel: the kernel mode of scenario files is not built yet; the kernel lab \
-                     runs from Rust (tern_netsim::internet) and the NAT matrix test"
+                    "--check-determinism is for in-process runs: the kernel lab runs in real time"
                 );
             }
-            let report = run_once(&scenario, seed)?;
+            if kernel && let Some(why) = scenario::kernel::unsupported(&scenario) {
+                bail!("{}: not in kernel mode: {why}", file.display());
+            }
+            let report = run_once(&scenario, seed, kernel)?;
             print!("{}", report.text());
             if let Some(out) = &json {
                 write(out, &serde_json::to_string_pretty(&report.json())?)?;
@@ -106,7 +108,7 @@ fn run() -> Result<bool> {
             }
             let mut passed = report.passed();
             if check_determinism {
-                let again = run_once(&scenario, seed)?;
+                let again = run_once(&scenario, seed, kernel)?;
                 match again.repeatable() == report.repeatable() {
                     true => {
                         println!("determinism: a second run from seed {seed} gave the same report")
@@ -132,8 +134,8 @@ fn run() -> Result<bool> {
     }
 }
 
-/// One in-process run, with a progress line on stderr while it takes more than a moment.
-fn run_once(scenario: &Scenario, seed: u64) -> Result<Report> {
+/// One run, with a progress line on stderr while it takes more than a moment.
+fn run_once(scenario: &Scenario, seed: u64, kernel: bool) -> Result<Report> {
     let progress = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let reporter = {
@@ -160,7 +162,10 @@ fn run_once(scenario: &Scenario, seed: u64) -> Result<Report> {
             }
         })
     };
-    let report = scenario::run_in_process(scenario, seed, progress);
+    let report = match kernel {
+        true => scenario::run_kernel(scenario, seed, progress),
+        false => scenario::run_in_process(scenario, seed, progress),
+    };
     done.store(true, Relaxed);
     let _ = reporter.join();
     report.map_err(|e| anyhow::anyhow!("the scenario {:?} could not run: {e}", scenario.name))

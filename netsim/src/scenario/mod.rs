@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod in_process;
+pub mod kernel;
 pub mod report;
 pub mod run;
 pub mod traffic;
@@ -37,6 +38,33 @@ pub fn run_in_process(
         &scenario.name,
         seed,
         "in-process",
+        outcome,
+        wall.elapsed(),
+    ))
+}
+
+/// Runs `scenario` in the kernel lab: real `ternd` processes in network namespaces behind
+/// nftables NAT, in real time (needs root). The seed is reported; the kernel does not take it.
+pub fn run_kernel(
+    scenario: &Scenario,
+    seed: u64,
+    progress: Arc<AtomicU64>,
+) -> Result<Report, String> {
+    let wall = std::time::Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a runtime: {e}"))?;
+    let outcome = runtime.block_on(async {
+        let world = Arc::new(kernel::KernelWorld::start(scenario)?);
+        let log = run::Log::new(progress);
+        Ok::<_, String>(run::run(world, scenario, log).await)
+    })?;
+    Ok(Report::new(
+        &scenario.name,
+        seed,
+        "kernel",
         outcome,
         wall.elapsed(),
     ))
