@@ -4,8 +4,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_daemon::daemon::{DEFAULT_PORT, Daemon};
-use tern_netsim::sim::{App, LinkModel, Sim, TraceEntry, run_paused};
+use tern_daemon::daemon::DEFAULT_PORT;
+use tern_netsim::sim::{App, LinkModel, Sim, TraceEntry, run_paused, wait_registered};
 use tern_proto::api::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -37,14 +37,6 @@ fn payload_of(from: usize, len: usize) -> Vec<u8> {
 
 fn simulate<T>(run: impl std::future::Future<Output = T>) -> T {
     run_paused(Duration::from_secs(600), run)
-}
-
-async fn wait_registered(daemons: &[Arc<Daemon>]) {
-    for daemon in daemons {
-        while daemon.status()["registered"] != true {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
 }
 
 /// A rendezvous and `nodes` named nodes; each node sends 1 MiB to the next by name through

@@ -43,7 +43,7 @@ fn the_nat_matrix_ends_the_same_in_the_simulator_and_the_kernel_lab() {
     let kernel = run_json(&["run", file, "--kernel"], "matrix-kernel");
     assert_eq!(kernel["mode"], "kernel");
     let kernel = matrix_paths(&kernel);
-    assert_eq!(simulated.len(), 25, "{simulated:?}");
+    assert_eq!(simulated.len(), 36, "{simulated:?}");
     let differ: Vec<String> = simulated
         .iter()
         .filter(|(pair, path)| kernel.get(*pair) != Some(path))
@@ -72,5 +72,21 @@ fn what_the_kernel_lab_cannot_do_is_refused_before_it_starts() {
         text(&output).contains("not in kernel mode"),
         "{}",
         text(&output)
+    );
+}
+
+/// A user's own commands inside nodes' namespaces (ternctl here, as an agent would use it),
+/// their exit codes checked; one is meant to fail.
+#[test]
+fn exec_steps_run_the_user_s_commands_inside_nodes_and_check_their_exit_codes() {
+    let file = scenarios().join("kernel-agent.toml");
+    let report = run_json(&["run", file.to_str().unwrap(), "--kernel"], "agent-kernel");
+    assert_eq!(report["passed"], true, "{report}");
+    let in_process = netsim(&["run", file.to_str().unwrap()]);
+    assert_eq!(in_process.status.code(), Some(2), "{}", text(&in_process));
+    assert!(
+        text(&in_process).contains("--kernel"),
+        "{}",
+        text(&in_process)
     );
 }

@@ -4,8 +4,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use tern_daemon::daemon::{DEFAULT_PORT, Daemon};
-use tern_netsim::sim::{App, NatConfig, Sim, run_paused};
+use tern_daemon::daemon::DEFAULT_PORT;
+use tern_netsim::sim::{App, NatConfig, Sim, run_paused, wait_registered};
 use tern_proto::api::Request;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +56,6 @@ fn place(sim: &Sim, site: Site, n: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, n, 2)
 }
 
-async fn registered(daemon: &Daemon) {
-    while daemon.status()["registered"] != true {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Connects `a` to `b` by name and returns the path `a` ends on, after the path monitor has
 /// had time to move a relayed connection to a punched path.
 async fn pair(a: Site, b: Site) -> String {
@@ -77,8 +71,7 @@ async fn pair(a: Site, b: Site) -> String {
     let b = sim
         .start_node(b_ip, &[rendezvous_at], Some("b".parse().expect("name")))
         .expect("b");
-    registered(&a).await;
-    registered(&b).await;
+    wait_registered(&[a.clone(), b.clone()]).await;
     let app = App::new(a.clone());
     let ping = Request::Ping { target: "b".into() };
     app.request(&ping).await.expect("a reaches b by name");

@@ -9,17 +9,22 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tern_proto::record::{MAX_ENDPOINTS, Record};
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, RENDEZVOUS_PORT, Request};
+use tern_proto::stream::StreamStatus;
 use tern_proto::{Address, Name};
 use tokio::time::Instant;
 
 use super::registration::{REFRESH_INTERVAL, Registered, Registration, Step};
 use super::{EXCHANGE_TIMEOUT, RECORD_LIFETIME, RegisterError, Registry, RendezvousError};
 use crate::env::EnvExt;
-use crate::node::{Node, ProbeError};
+use crate::node::{DialError, ExchangeError, Node, ProbeError};
 use crate::rendezvous::pins::{KeyCheck, ServerPins, ServerSpec, SpecError};
 use crate::store::{Document, StoreError};
 use crate::transport::paths::{canonical, is_link};
 
+/// A rendezvous whose request queue is full (many nodes asking at once) is asked again, up to
+/// this many times, after a pause that doubles each time (with jitter).
+const BUSY_RETRIES: u32 = 4;
+const BUSY_PAUSE: Duration = Duration::from_millis(50);
 /// Asks `server` to introduce this node to `target` (see [`Request::Introduce`]).
 pub async fn request_introduction(
     node: &Node,
@@ -48,11 +53,29 @@ pub async fn ask(
     request: &Request,
 ) -> Result<Answer, RendezvousError> {
     let encoded = request.encode();
-    let exchange = node.exchange(server, RENDEZVOUS_PORT, &encoded, MAX_MESSAGE_LEN);
-    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| RendezvousError::Timeout)??;
-    Ok(Answer::decode(&bytes)?)
+    let mut pause = BUSY_PAUSE;
+    let mut retries = 0;
+    loop {
+        let exchange = node.exchange(server, RENDEZVOUS_PORT, &encoded, MAX_MESSAGE_LEN);
+        let answered = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+            .await
+            .map_err(|_| RendezvousError::Timeout)?;
+        let busy = matches!(
+            answered,
+            Err(ExchangeError::Dial(DialError::Refused {
+                status: StreamStatus::Busy,
+                ..
+            }))
+        );
+        if !busy || retries == BUSY_RETRIES {
+            return Ok(Answer::decode(&answered?)?);
+        }
+        // Many nodes asking at once: spread the retries out.
+        let jitter = f64::from(u32::from_le_bytes(node.env().random_bytes())) / f64::from(u32::MAX);
+        tokio::time::sleep(pause.mul_f64(1.0 + jitter)).await;
+        pause *= 2;
+        retries += 1;
+    }
 }
 
 /// Registers `record` and returns the address the rendezvous sees this node at.

@@ -9,7 +9,7 @@
 //! latency = "20ms"
 //! [[site]]                     # a NAT and the hosts behind it
 //! name = "home"
-//! nat = "home-router"          # full-cone, home-router, symmetric, udp-blocked
+//! nat = "home-router"          # full-cone, home-router, carrier-grade, symmetric, udp-blocked
 //! [[node]]
 //! name = "rv"                  # also the name it claims; no rendezvous: it is one
 //! [[node]]
@@ -30,7 +30,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -56,6 +56,8 @@ pub enum ScenarioError {
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub name: String,
+    /// The file's directory: where `exec` commands run.
+    pub dir: PathBuf,
     pub seed: u64,
     pub duration: Duration,
     pub link: Link,
@@ -111,6 +113,8 @@ impl Default for Link {
 pub enum NatKind {
     FullCone,
     HomeRouter,
+    /// A home router behind the carrier's NAT (each like a home router).
+    CarrierGrade,
     Symmetric,
     UdpBlocked,
 }
@@ -204,6 +208,41 @@ pub enum Action {
         node: String,
         seconds: i64,
     },
+    /// Runs a command in the node's network namespace, with `TERN_HOME` set to the node's
+    /// home and ternctl on the `PATH` (kernel mode).
+    Exec {
+        node: String,
+        name: String,
+        command: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Partition { a, b, one_way } => {
+                let arrow = if *one_way { "->" } else { "<->" };
+                write!(f, "partition {} {arrow} {}", a.join(","), b.join(","))
+            }
+            Action::Heal => write!(f, "heal: every partition ends"),
+            Action::Link { host, link } => {
+                write!(
+                    f,
+                    "link {}: {link:?}",
+                    host.as_deref().unwrap_or("everywhere")
+                )
+            }
+            Action::Crash(node) => write!(f, "crash {node}"),
+            Action::Restart(node) => write!(f, "restart {node}"),
+            Action::Rebind(site) => write!(f, "rebind {site}: every mapping moves to a new port"),
+            Action::ClockStep { node, seconds } => write!(f, "clock step {node}: {seconds:+} s"),
+            Action::Exec {
+                node,
+                name,
+                command,
+            } => write!(f, "exec {name} on {node}: {}", command.join(" ")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +266,8 @@ pub enum Check {
     },
     /// The node has the address it started with (after restarts too).
     KeptAddress(String),
+    /// The `exec` step ended by the end of the run, with this exit code.
+    ExitCode { exec: String, code: i32 },
 }
 
 impl Check {
@@ -245,6 +286,7 @@ impl Check {
                 max.as_secs_f64() * 1000.0
             ),
             Check::KeptAddress(node) => format!("kept address {node}"),
+            Check::ExitCode { exec, code } => format!("exit code of {exec} is {code}"),
         }
     }
 }
@@ -260,7 +302,12 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&path.display().to_string(), &text)
+    let mut scenario = parse(&path.display().to_string(), &text)?;
+    scenario.dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok(scenario)
 }
 
 /// Checks a scenario's text; `path` names it in errors.
@@ -384,6 +431,15 @@ struct EventEntry {
     restart: Option<String>,
     rebind: Option<String>,
     clock_step: Option<ClockStepEntry>,
+    exec: Option<ExecEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecEntry {
+    node: String,
+    name: String,
+    command: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -410,6 +466,14 @@ struct CheckEntry {
     reconnected: Option<ReconnectedEntry>,
     latency: Option<LatencyEntry>,
     kept_address: Option<String>,
+    exit_code: Option<ExitCodeEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExitCodeEntry {
+    exec: String,
+    is: i32,
 }
 
 #[derive(Deserialize)]
@@ -457,6 +521,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
             let nat = match entry.nat.get_ref().as_str() {
                 "full-cone" => NatKind::FullCone,
                 "home-router" => NatKind::HomeRouter,
+                "carrier-grade" => NatKind::CarrierGrade,
                 "symmetric" => NatKind::Symmetric,
                 "udp-blocked" => NatKind::UdpBlocked,
                 other => {
@@ -464,8 +529,8 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                         &entry.nat,
                         "nat",
                         format!(
-                            "unknown NAT kind {other:?}: use full-cone, home-router, symmetric or \
-                             udp-blocked"
+                            "unknown NAT kind {other:?}: use full-cone, home-router, \
+                             carrier-grade, symmetric or udp-blocked"
                         ),
                     ));
                 }
@@ -621,6 +686,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
             }
         };
         let mut events = Vec::new();
+        let mut execs: Vec<String> = Vec::new();
         for spanned in &file.event {
             let entry = spanned.get_ref();
             let fail = |m: String| self.fail(spanned, "event", m);
@@ -664,10 +730,29 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                     seconds: step.seconds,
                 });
             }
+            if let Some(exec) = &entry.exec {
+                if exec.command.is_empty() {
+                    return Err(fail(
+                        "an exec step needs a command: [\"program\", \"arg\", …]".into(),
+                    ));
+                }
+                if execs.contains(&exec.name) {
+                    return Err(fail(format!(
+                        "an exec step named {:?} is already defined",
+                        exec.name
+                    )));
+                }
+                execs.push(exec.name.clone());
+                actions.push(Action::Exec {
+                    node: one_node(&exec.node).map_err(fail)?,
+                    name: exec.name.clone(),
+                    command: exec.command.clone(),
+                });
+            }
             if actions.len() != 1 {
                 return Err(fail(
                     "an event does exactly one of partition, heal = true, link, crash, restart, \
-                     rebind, clock_step"
+                     rebind, clock_step, exec"
                         .into(),
                 ));
             }
@@ -734,9 +819,19 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
             if let Some(node) = &entry.kept_address {
                 found.push(Check::KeptAddress(one_node(node).map_err(fail)?));
             }
+            if let Some(exit) = &entry.exit_code {
+                if !execs.contains(&exit.exec) {
+                    return Err(fail(format!("no exec step is named {:?}", exit.exec)));
+                }
+                found.push(Check::ExitCode {
+                    exec: exit.exec.clone(),
+                    code: exit.is,
+                });
+            }
             if found.is_empty() || (found.len() > 1 && entry.latency.is_none()) {
                 return Err(fail(
-                    "a check is exactly one of delivered, path, reconnected, latency, kept_address"
+                    "a check is exactly one of delivered, path, reconnected, latency, \
+                     kept_address, exit_code"
                         .into(),
                 ));
             }
@@ -751,6 +846,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
         }
         Ok(Scenario {
             name: file.name.clone(),
+            dir: PathBuf::from("."),
             seed: file.seed,
             duration: file.duration,
             link: file.link,
@@ -993,5 +1089,23 @@ delivered = "all"
 "#;
         let scenario = parse("m.toml", mesh).unwrap();
         assert_eq!(scenario.apps[0].from, ["peer-1", "peer-2", "peer-3"]);
+    }
+
+    #[test]
+    fn an_exec_step_and_its_exit_code_check_go_together() {
+        let exec = GOOD.replace(
+            "partition = { a = \"alice\", b = \"bob\" }",
+            "exec = { node = \"alice\", name = \"agent\", command = [\"python3\", \"agent.py\"] }",
+        );
+        let with_check = exec.replace(
+            "delivered = \"bulk\"",
+            "exit_code = { exec = \"agent\", is = 0 }",
+        );
+        let scenario = parse("s.toml", &with_check).unwrap();
+        assert!(
+            matches!(&scenario.events[0].action, Action::Exec { command, .. } if command[0] == "python3")
+        );
+        let unknown = with_check.replace("exec = \"agent\"", "exec = \"other\"");
+        assert!(error(&unknown).contains("no exec step is named \"other\""));
     }
 }

@@ -2,7 +2,8 @@
 //! under tokio's paused clock, each site behind its NAT box.
 //!
 //! Addresses: public nodes get 203.0.113.10 and up; site `k` (from 1) has its NAT at
-//! 198.51.100.`k` and its hosts at 10.1.`k`.2 and up.
+//! 198.51.100.`k` and its hosts at 10.1.`k`.2 and up. A carrier-grade site's carrier NAT is at
+//! 198.51.100.`k`, its home router at 100.64.`k`.2.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -53,21 +54,38 @@ fn link_model(link: &Link) -> LinkModel {
 fn nat_config(kind: NatKind) -> NatConfig {
     match kind {
         NatKind::FullCone => NatConfig::full_cone(),
-        NatKind::HomeRouter => NatConfig::home_router(),
+        NatKind::HomeRouter | NatKind::CarrierGrade => NatConfig::home_router(),
         NatKind::Symmetric => NatConfig::symmetric(),
         NatKind::UdpBlocked => NatConfig::udp_blocked(),
     }
 }
 
+/// Why a scenario with `exec` steps does not run in-process.
+pub const EXEC_IN_KERNEL_MODE: &str = "exec steps run only in kernel mode (--kernel): a simulated node has no namespace to run a \
+     command in";
+
 impl SimWorld {
     /// Builds the network and starts every node. Must run inside the paused runtime.
     pub fn start(scenario: &Scenario, seed: u64) -> Result<Self, String> {
+        if scenario
+            .events
+            .iter()
+            .any(|e| matches!(e.action, Action::Exec { .. }))
+        {
+            return Err(EXEC_IN_KERNEL_MODE.into());
+        }
         let sim = Sim::new(seed, scenario.link.latency);
         sim.network().set_link(link_model(&scenario.link));
         let mut sites = BTreeMap::new();
         for (index, site) in scenario.sites.iter().enumerate() {
             let k = u8::try_from(index + 1).map_err(|_| "at most 254 sites".to_string())?;
-            let public = Ipv4Addr::new(198, 51, 100, k);
+            let mut public = Ipv4Addr::new(198, 51, 100, k);
+            if site.nat == NatKind::CarrierGrade {
+                // The carrier's NAT in front, with the home router's address inside it.
+                sim.network()
+                    .add_nat(NatConfig::home_router(), public, [100, 64, k]);
+                public = Ipv4Addr::new(100, 64, k, 2);
+            }
             let mut config = nat_config(site.nat);
             config.preserve_port = site.preserve_port.unwrap_or(config.preserve_port);
             config.timeout = site.timeout.unwrap_or(config.timeout);
@@ -157,19 +175,18 @@ impl SimWorld {
         Ok(match action {
             Action::Partition { a, b, one_way } => {
                 network.partition(&self.ips(a), &self.ips(b), *one_way);
-                let arrow = if *one_way { "->" } else { "<->" };
-                format!("partition {} {arrow} {}", a.join(","), b.join(","))
+                String::new()
             }
             Action::Heal => {
                 network.heal();
-                "heal: every partition ends".into()
+                String::new()
             }
             Action::Link { host, link } => {
                 match host {
                     Some(host) => network.set_uplink(self.node(host)?.ip.into(), link_model(link)),
                     None => network.set_link(link_model(link)),
                 }
-                format!("link {}: {link:?}", host.as_deref().unwrap_or("everywhere"))
+                String::new()
             }
             Action::Crash(name) => {
                 let node = self.node(name)?;
@@ -179,7 +196,7 @@ impl SimWorld {
                 network.set_down(node.ip.into(), true);
                 daemon.node().stop_tasks();
                 drop(daemon);
-                format!("crash {name}")
+                "the host is down: nothing it sends leaves".into()
             }
             Action::Restart(name) => {
                 let node = self.node(name)?;
@@ -197,16 +214,17 @@ impl SimWorld {
                         Err(_) => tries += 1,
                     }
                 };
-                format!("restart {name}: address {}", daemon.node().address())
+                format!("address {}", daemon.node().address())
             }
             Action::Rebind(site) => {
                 network.rebind_nat(self.sites[site]);
-                format!("rebind {site}: its NAT moves every mapping to a new port")
+                String::new()
             }
             Action::ClockStep { node, seconds } => {
                 self.sim.host(self.node(node)?.ip).step_clock(*seconds);
-                format!("clock step {node}: {seconds:+} s")
+                String::new()
             }
+            Action::Exec { .. } => return Err(EXEC_IN_KERNEL_MODE.into()),
         })
     }
 }
@@ -229,6 +247,13 @@ impl World for SimWorld {
 
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(self.act(action))
+    }
+
+    fn exit_codes(
+        &self,
+        _deadline: tokio::time::Instant,
+    ) -> BoxFuture<'_, BTreeMap<String, Result<i32, String>>> {
+        Box::pin(async { BTreeMap::new() })
     }
 
     fn trace(&self) -> Option<(usize, u64)> {

@@ -2,6 +2,9 @@
 //! process in a network namespace of its own, sites sit behind nftables NAT routers, and
 //! apps speak to each daemon over its Unix socket. Needs root.
 //!
+//! `exec` steps run a user's command in a node's namespace, with `TERN_HOME` set to that
+//! node's home and ternctl on the `PATH`: their own agent, through real NAT.
+//!
 //! What the kernel mode cannot do is refused before anything starts: more than one node at a
 //! site, a rendezvous behind NAT, NAT rebinding and wall-clock steps; a link's latency, jitter,
 //! duplication, reordering, bandwidth and MTU (this kernel has no `tc netem`). Random loss is
@@ -25,6 +28,23 @@ use crate::local_api::{self, Answered};
 
 const PORT: u16 = 7440;
 
+/// A command an exec step started: its process group, and its exit code when it ends.
+struct Started {
+    name: String,
+    group: Option<u32>,
+    exited: tokio::task::JoinHandle<Result<i32, String>>,
+}
+
+impl Started {
+    fn kill(&self) {
+        if let Some(group) = self.group.and_then(|g| i32::try_from(g).ok()) {
+            // SAFETY: kill(2) on a process group this world started; no memory involved.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+        self.exited.abort();
+    }
+}
+
 struct KernelNode {
     namespace: Namespace,
     /// The node's address on the public segment: its own, or its router's.
@@ -41,6 +61,10 @@ pub struct KernelWorld {
     core: Namespace,
     ternd: PathBuf,
     homes: PathBuf,
+    /// The scenario's directory: where exec steps run.
+    dir: PathBuf,
+    /// Commands exec steps started.
+    execs: Mutex<Vec<Started>>,
     /// Partitions in force, as (from, to) public addresses.
     cuts: Mutex<Vec<(Ipv4Addr, Ipv4Addr)>>,
     loss: Mutex<f64>,
@@ -110,6 +134,7 @@ fn lab_kind(kind: NatKind) -> internet::NatKind {
     match kind {
         NatKind::FullCone => internet::NatKind::FullCone,
         NatKind::HomeRouter => internet::NatKind::HomeRouter,
+        NatKind::CarrierGrade => internet::NatKind::CarrierGrade,
         NatKind::Symmetric => internet::NatKind::Symmetric,
         NatKind::UdpBlocked => internet::NatKind::UdpBlocked,
     }
@@ -182,6 +207,8 @@ impl KernelWorld {
             core: internet.core().clone(),
             ternd,
             homes,
+            dir: scenario.dir.clone(),
+            execs: Mutex::default(),
             cuts: Mutex::default(),
             loss: Mutex::new(0.0),
             _internet: internet,
@@ -275,17 +302,16 @@ impl KernelWorld {
                     }
                 }
                 self.filter()?;
-                let arrow = if *one_way { "->" } else { "<->" };
-                Ok(format!("partition {} {arrow} {}", a.join(","), b.join(",")))
+                Ok(String::new())
             }
             Action::Heal => {
                 self.cuts.lock().expect("cuts lock").clear();
                 self.filter()?;
-                Ok("heal: every partition ends".into())
+                Ok(String::new())
             }
             Action::Link { link, .. } => {
                 self.set_loss(link.loss)?;
-                Ok(format!("link everywhere: loss {}", link.loss))
+                Ok("only its loss applies in the kernel lab".into())
             }
             Action::Crash(name) => {
                 let child = self
@@ -297,7 +323,7 @@ impl KernelWorld {
                 let mut child = child.ok_or_else(|| format!("{name} is already down"))?;
                 let _ = child.kill();
                 let _ = child.wait();
-                Ok(format!("crash {name}: ternd killed (SIGKILL)"))
+                Ok("ternd killed (SIGKILL)".into())
             }
             Action::Restart(name) => {
                 if self
@@ -310,7 +336,16 @@ impl KernelWorld {
                     return Err(format!("{name} is running: crash it first"));
                 }
                 self.spawn(name)?;
-                Ok(format!("restart {name}"))
+                Ok(String::new())
+            }
+            Action::Exec {
+                node,
+                name,
+                command,
+            } => {
+                let started = self.exec(node, name, command)?;
+                self.execs.lock().expect("exec lock").push(started);
+                Ok(String::new())
             }
             Action::Rebind(_) | Action::ClockStep { .. } => {
                 Err("not in kernel mode (refused before the run)".into())
@@ -319,8 +354,68 @@ impl KernelWorld {
     }
 }
 
+impl KernelWorld {
+    /// Starts `command` in `node`'s namespace (in a process group of its own, so that
+    /// killing it kills all it started), its output in the node's home as `exec-NAME.log`.
+    fn exec(&self, node: &str, name: &str, command: &[String]) -> Result<Started, String> {
+        use std::os::unix::process::CommandExt;
+        let at = self.node(node)?;
+        let log_path = at.home.join(format!("exec-{name}.log"));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let err_log = log.try_clone().map_err(|e| e.to_string())?;
+        let bin = self
+            .ternd
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let path = match std::env::var_os("PATH") {
+            Some(rest) => {
+                std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&rest)))
+            }
+            None => std::env::join_paths([bin]),
+        }
+        .map_err(|e| e.to_string())?;
+        let mut std_command = at.namespace.command(&command[0]);
+        std_command
+            .args(&command[1..])
+            .current_dir(&self.dir)
+            .env("TERN_HOME", &at.home)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err_log)
+            .process_group(0);
+        let mut child = tokio::process::Command::from(std_command)
+            .spawn()
+            .map_err(|e| format!("starting {name} ({}): {e}", command[0]))?;
+        let group = child.id();
+        let task_name = name.to_string();
+        let exited = tokio::spawn(async move {
+            let name = task_name;
+            let status = child.wait().await.map_err(|e| format!("{name}: {e}"))?;
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(3).collect();
+            status.code().ok_or_else(|| {
+                format!(
+                    "killed by a signal; last output: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )
+            })
+        });
+        Ok(Started {
+            name: name.to_string(),
+            group,
+            exited,
+        })
+    }
+}
+
 impl Drop for KernelWorld {
     fn drop(&mut self) {
+        for started in self.execs.lock().expect("exec lock").iter() {
+            started.kill();
+        }
         for node in self.nodes.values() {
             if let Some(mut child) = node.process.lock().expect("process lock").take() {
                 let _ = child.kill();
@@ -358,6 +453,28 @@ impl World for KernelWorld {
 
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(self.act(action))
+    }
+
+    fn exit_codes(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> BoxFuture<'_, BTreeMap<String, Result<i32, String>>> {
+        Box::pin(async move {
+            let execs = std::mem::take(&mut *self.execs.lock().expect("exec lock"));
+            let mut codes = BTreeMap::new();
+            for mut started in execs {
+                let code = match tokio::time::timeout_at(deadline, &mut started.exited).await {
+                    Ok(Ok(code)) => code,
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => {
+                        started.kill();
+                        Err("still running at the end of the run: killed".into())
+                    }
+                };
+                codes.insert(started.name, code);
+            }
+            codes
+        })
     }
 
     fn trace(&self) -> Option<(usize, u64)> {

@@ -27,10 +27,14 @@ pub trait World: Send + Sync {
         node: &'a str,
         request: Request,
     ) -> BoxFuture<'a, Result<Answered, String>>;
-    /// Carries out a timeline event; the answer says what was done.
+    /// Carries out a timeline event; the answer adds what the log should say about it.
     fn apply<'a>(&'a self, action: &'a Action) -> BoxFuture<'a, Result<String, String>>;
     /// Datagrams sent and a digest of their trace, where the world keeps one.
     fn trace(&self) -> Option<(usize, u64)>;
+    /// Waits until `deadline` for the commands `exec` steps started: each one's exit code,
+    /// or why it has none (one still running at the deadline is killed).
+    fn exit_codes(&self, deadline: Instant)
+    -> BoxFuture<'_, BTreeMap<String, Result<i32, String>>>;
 }
 
 /// What happened, when: the run's event log.
@@ -136,8 +140,9 @@ pub async fn run(world: Arc<dyn World>, scenario: &Scenario, log: Log) -> Outcom
             for event in events {
                 tokio::time::sleep_until(started + event.at).await;
                 match world.apply(&event.action).await {
-                    Ok(done) => log.note(done),
-                    Err(e) => log.note(format!("event failed: {e}")),
+                    Ok(detail) if detail.is_empty() => log.note(event.action.to_string()),
+                    Ok(detail) => log.note(format!("{} ({detail})", event.action)),
+                    Err(e) => log.note(format!("{} failed: {e}", event.action)),
                 }
             }
         })
@@ -175,6 +180,7 @@ pub async fn run(world: Arc<dyn World>, scenario: &Scenario, log: Log) -> Outcom
     for task in &running {
         task.abort();
     }
+    let exits = world.exit_codes(deadline).await;
     let ended = log.now();
     let apps: BTreeMap<String, AppOutcome> = outcomes
         .into_iter()
@@ -192,6 +198,15 @@ pub async fn run(world: Arc<dyn World>, scenario: &Scenario, log: Log) -> Outcom
             },
             Check::Reconnected { app, within } => reconnected(&apps[app], *within, ended),
             Check::Latency { app, quantile, max } => latency(&apps[app], *quantile, *max, ended),
+            Check::ExitCode { exec, code } => match exits.get(exec) {
+                Some(Ok(exited)) => (
+                    exited == code,
+                    format!("{exec} exited with {exited}"),
+                    ended,
+                ),
+                Some(Err(why)) => (false, format!("{exec}: {why}"), ended),
+                None => (false, format!("{exec} never ran"), ended),
+            },
             Check::KeptAddress(node) => {
                 let now = address(&*world, node).await;
                 let before = &first_addresses[node];

@@ -50,6 +50,15 @@ pub fn run_paused<T>(within: Duration, simulation: impl std::future::Future<Outp
     })
 }
 
+/// Waits until every one of `daemons` has registered with its rendezvous.
+pub async fn wait_registered(daemons: &[Arc<Daemon>]) {
+    for daemon in daemons {
+        while daemon.status()["registered"] != true {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// A simulated internet and the hosts on it.
 pub struct Sim {
     seed: u64,

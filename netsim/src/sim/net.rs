@@ -26,6 +26,8 @@ use super::nat::{Nat, NatConfig, Nats};
 const INBOX_DATAGRAMS: usize = 4096;
 /// Bytes each way of a TCP link's in-memory pipe.
 const TCP_PIPE_BYTES: usize = 256 << 10;
+/// NATs a datagram may cross on its way out (a site behind a site behind …).
+const MAX_STACKED_NATS: usize = 4;
 /// Ports handed out for binds to port 0, as a kernel's ephemeral range.
 const FIRST_EPHEMERAL_PORT: u16 = 40000;
 
@@ -391,7 +393,11 @@ impl NetState {
     }
 
     /// Where a datagram sent from `from` to `to` arrives, through the NATs on its way, as
-    /// (source, destination) at arrival; None when it is dropped.
+    /// (source, destination) at arrival; None when it is dropped. It climbs out through the
+    /// sender's NATs (stacked ones too: a home router behind a carrier-grade NAT) until it
+    /// is in the network the destination address belongs to, then goes in through the NATs
+    /// whose public address it is sent to. Turning round in a NAT it came out of takes a
+    /// hairpinning NAT.
     fn route(
         &mut self,
         now: Instant,
@@ -401,31 +407,28 @@ impl NetState {
         let (IpAddr::V4(from_ip), IpAddr::V4(to_ip)) = (from.ip(), to.ip()) else {
             return Some((from, to));
         };
-        let (from_site, to_site) = (self.site_of(from_ip), self.site_of(to_ip));
-        if from_site.is_some() && from_site == to_site {
-            return Some((from, to));
-        }
-        // Another site's private addresses are not routed.
-        if to_site.is_some() {
-            return None;
-        }
-        // A NAT's own public address from inside it: only a hairpinning NAT turns it round.
-        if from_site == Some(to_ip) {
-            let nat = self.nats.get_mut(&to_ip)?;
-            if !nat.config.hairpin {
+        let destination_network = self.site_of(to_ip);
+        let (mut from, mut network, mut climbed) = (from, self.site_of(from_ip), Vec::new());
+        while network != destination_network {
+            // On the public internet, the destination is inside someone else's site.
+            let nat = network?;
+            from = self.nats.get_mut(&nat)?.outbound(now, from, to)?;
+            climbed.push(nat);
+            network = self.site_of(nat);
+            if climbed.len() > MAX_STACKED_NATS {
                 return None;
             }
-            let from = nat.outbound(now, from, to)?;
-            return Some((from, nat.inbound(now, from, to.port())?));
         }
-        let from = match from_site {
-            Some(public) => self.nats.get_mut(&public)?.outbound(now, from, to)?,
-            None => from,
-        };
-        match self.nats.get_mut(&to_ip) {
-            Some(nat) => Some((from, nat.inbound(now, from, to.port())?)),
-            None => Some((from, to)),
+        let mut to = to;
+        while let IpAddr::V4(ip) = to.ip()
+            && let Some(nat) = self.nats.get_mut(&ip)
+        {
+            if climbed.contains(&ip) && !nat.config.hairpin {
+                return None;
+            }
+            to = nat.inbound(now, from, to.port())?;
         }
+        Some((from, to))
     }
 
     /// `at` itself, or for port 0 the next free ephemeral port of its IP.
@@ -729,6 +732,35 @@ mod tests {
             network.send(a.local, b.local, Bytes::new());
             tokio::time::sleep(Duration::from_millis(10)).await;
             assert_eq!(b.inbox.datagrams.lock().unwrap().len(), 1);
+        });
+    }
+
+    #[test]
+    fn a_host_behind_two_stacked_nats_is_seen_at_the_outer_one_and_answered() {
+        run_paused(Duration::from_secs(10), async {
+            let network = Network::start(LinkModel::latency(Duration::from_millis(5)), 1);
+            let carrier = std::net::Ipv4Addr::new(198, 51, 100, 9);
+            network.add_nat(NatConfig::home_router(), carrier, [10, 9, 0]);
+            // The home router's own public address is inside the carrier's network.
+            network.add_nat(
+                NatConfig::home_router(),
+                std::net::Ipv4Addr::new(10, 9, 0, 2),
+                [10, 1, 1],
+            );
+            let host = network.bind_udp("10.1.1.2:7440".parse().unwrap()).unwrap();
+            let server = network.bind_udp("203.0.113.1:9".parse().unwrap()).unwrap();
+            network.send(host.local, server.local, Bytes::from_static(b"out"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (seen, _) = server.inbox.datagrams.lock().unwrap().pop_front().unwrap();
+            assert_eq!(
+                seen.ip(),
+                std::net::IpAddr::from(carrier),
+                "seen at the outer NAT"
+            );
+            network.send(server.local, seen, Bytes::from_static(b"back"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (from, _) = host.inbox.datagrams.lock().unwrap().pop_front().unwrap();
+            assert_eq!(from, server.local, "the answer comes in through both");
         });
     }
 }
