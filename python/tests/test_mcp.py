@@ -72,3 +72,39 @@ def test_an_mcp_client_session_runs_over_tern_mcp(lab: Processes) -> None:
     assert asked == ["sampling"]
     assert "sampled over tern" in seen["sampled"]
     assert seen["echo"] is True
+
+
+def test_an_mcp_server_serves_tern_peers_with_tern_mcp_serve(lab: Processes) -> None:
+    a, b = lab.pair()
+    from mcp.server import MCPServer
+
+    server = MCPServer("tern-test")
+
+    @server.tool()
+    def add(x: int, y: int) -> int:
+        """Adds two numbers."""
+        return x + y
+
+    @server.tool()
+    def blob(mib: int) -> str:
+        """A text of `mib` MiB."""
+        return "b" * (mib << 20)
+
+    async def run() -> tuple[set[str], str, int]:
+        serving = asyncio.create_task(tern.mcp.serve(server, "tools", open=True, client=tern.Client(a.home)))
+        await asyncio.sleep(0.5)
+        try:
+            async with tern.mcp.connect(a.address, "tools", client=tern.Client(b.home)) as (read, write):
+                async with mcp.ClientSession(read, write) as session:
+                    await session.initialize()
+                    tools = {t.name for t in (await session.list_tools()).tools}
+                    added = await session.call_tool("add", {"x": 2, "y": 40})
+                    big = await session.call_tool("blob", {"mib": 5})
+                    return tools, added.content[0].text, len(big.content[0].text)
+        finally:
+            serving.cancel()
+
+    tools, added, size = asyncio.run(asyncio.wait_for(run(), 120))
+    assert {"add", "blob"} <= tools
+    assert added == "42"
+    assert size == 5 << 20

@@ -94,6 +94,12 @@ fn status_peers_and_ping_report_the_connection_both_ways() {
     assert_eq!(bench["data"]["bytes"], 4_194_304);
     assert!(bench["data"]["throughput_mib_s"].as_f64().unwrap() > 0.0);
     assert!(bench["data"]["rtt_ms"]["median"].as_f64().unwrap() > 0.0);
+    let request_reply = &bench["data"]["request_reply_us"];
+    assert!(request_reply["p50"].as_f64().unwrap() > 0.0, "{bench}");
+    assert!(
+        request_reply["p99"].as_f64() >= request_reply["p50"].as_f64(),
+        "{bench}"
+    );
     let (ok, peers) = a.ternctl_json(&["peers"]);
     assert!(ok);
     let peer = &peers["data"]["peers"][0];

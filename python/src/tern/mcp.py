@@ -1,11 +1,18 @@
-"""MCP over tern, without a subprocess (extra ``tern[mcp]``): ::
+"""MCP over tern, without a subprocess on either side (extra ``tern[mcp]``).
+
+A client session::
 
     async with tern.mcp.connect("alpha", "tools") as (read, write):
         async with mcp.ClientSession(read, write) as session:
             await session.initialize()
 
-The stream carries newline-delimited JSON-RPC, as ``ternctl mcp expose NAME`` serves it: a
-server exposed under a service name on the peer is reached by that name.
+and a server for tern peers (an ``MCPServer``/FastMCP or a low-level ``Server``)::
+
+    await tern.mcp.serve(server, "tools")
+
+Streams carry newline-delimited JSON-RPC, as ``ternctl mcp expose NAME`` serves it, so each
+side also talks to ternctl's ``mcp expose`` / ``mcp connect``. A service name stands for the
+same port on both ends (SPEC.md §7.1).
 """
 
 from __future__ import annotations
@@ -21,21 +28,14 @@ from .service import service_port
 
 
 @asynccontextmanager
-async def connect(
-    target: str,
-    name: str,
-    *,
-    client: Client | None = None,
-    home: str | os.PathLike[str] | None = None,
+async def _session_streams(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """Dials the MCP server exposed as ``name`` (a service name or a port) on ``target`` and
-    yields the ``(read, write)`` streams ``mcp.ClientSession`` takes."""
+    """The ``(read, write)`` memory streams an MCP session takes, over one tern stream."""
     import anyio
     import mcp_types as types
     from mcp.shared.message import SessionMessage
 
-    client = client or Client(home)
-    reader, writer = await client.dial(target, service_port(name))
     to_session, read = anyio.create_memory_object_stream[Any](0)
     write, from_session = anyio.create_memory_object_stream[Any](0)
 
@@ -59,7 +59,7 @@ async def connect(
                 text = session_message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 writer.write(text.encode() + b"\n")
                 await writer.drain()
-        # The session is done: half-close, so the server sees the end of its input.
+        # The session is done: half-close, so the other side sees the end of its input.
         with suppress(OSError):
             writer.write_eof()
 
@@ -73,3 +73,45 @@ async def connect(
             writer.close()
             with suppress(OSError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+
+@asynccontextmanager
+async def connect(
+    target: str,
+    name: str,
+    *,
+    client: Client | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Dials the MCP server exposed as ``name`` (a service name or a port) on ``target`` and
+    yields the ``(read, write)`` streams ``mcp.ClientSession`` takes."""
+    client = client or Client(home)
+    reader, writer = await client.dial(target, service_port(name))
+    async with _session_streams(reader, writer) as streams:
+        yield streams
+
+
+async def serve(
+    server: Any,
+    name: str,
+    *,
+    open: bool = False,
+    client: Client | None = None,
+    home: str | os.PathLike[str] | None = None,
+) -> None:
+    """Serves ``server`` to tern peers on the service port ``name`` until cancelled, one MCP
+    session per stream. ``open`` admits every verified peer; otherwise trusted ones only."""
+    import anyio
+
+    # MCPServer (and FastMCP before it) wraps the low-level server that runs sessions.
+    lowlevel = getattr(server, "_lowlevel_server", None) or getattr(server, "_mcp_server", server)
+    client = client or Client(home)
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with _session_streams(reader, writer) as (read, write):
+            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+
+    async with client.listen(service_port(name), open=open) as listener:
+        async with anyio.create_task_group() as tasks:
+            async for stream in listener:
+                tasks.start_soon(session, stream.reader, stream.writer)

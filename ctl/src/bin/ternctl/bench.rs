@@ -1,5 +1,6 @@
 //! `ternctl bench TARGET [--bytes N]`: throughput and round-trip time to a peer, through its
-//! built-in echo service (virtual port 7) and sealed pings.
+//! built-in echo service (virtual port 7) and sealed pings, and 200-byte request/reply round
+//! trips on one open echo stream (what an agent's JSON-RPC call costs).
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use tern_ctl::Client;
 const ECHO_PORT: u16 = 7;
 const CHUNK: usize = 64 * 1024;
 const PINGS: usize = 10;
+const REQUEST: usize = 200;
+const ROUND_TRIPS: usize = 1000;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -72,6 +75,7 @@ pub async fn run(client: &Client, args: BenchArgs) -> Result<Report, Failure> {
     }
     let mib_s = total as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64();
     let median = rtts[rtts.len() / 2];
+    let (p50, p99) = request_reply(client, &args.target).await?;
     Ok(Report {
         data: json!({
             "address": args.target,
@@ -79,9 +83,10 @@ pub async fn run(client: &Client, args: BenchArgs) -> Result<Report, Failure> {
             "seconds": elapsed.as_secs_f64(),
             "throughput_mib_s": mib_s,
             "rtt_ms": { "median": median, "min": rtts[0], "max": rtts[rtts.len() - 1] },
+            "request_reply_us": { "p50": p50, "p99": p99, "bytes": REQUEST, "round_trips": ROUND_TRIPS },
         }),
         text: format!(
-            "{}: {mib_s:.1} MiB/s each way ({} MiB echoed in {:.2} s); rtt median {median:.3} ms (min {:.3}, max {:.3})",
+            "{}: {mib_s:.1} MiB/s each way ({} MiB echoed in {:.2} s); rtt median {median:.3} ms (min {:.3}, max {:.3}); {REQUEST} B request/reply p50 {p50:.0} µs, p99 {p99:.0} µs",
             args.target,
             total >> 20,
             elapsed.as_secs_f64(),
@@ -89,4 +94,23 @@ pub async fn run(client: &Client, args: BenchArgs) -> Result<Report, Failure> {
             rtts[rtts.len() - 1]
         ),
     })
+}
+
+/// 200-byte writes each answered by the echo before the next: p50 and p99 in µs.
+async fn request_reply(client: &Client, target: &str) -> Result<(f64, f64), Failure> {
+    let stream = client.dial(target, ECHO_PORT).await.map_err(failure)?;
+    let (mut from_peer, mut to_peer) = stream.io.into_split();
+    let broken =
+        |e: std::io::Error| Failure::new("stream_broken", format!("the echo stream broke: {e}"));
+    let request = [0x72_u8; REQUEST];
+    let mut answer = [0u8; REQUEST];
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let began = Instant::now();
+        to_peer.write_all(&request).await.map_err(broken)?;
+        from_peer.read_exact(&mut answer).await.map_err(broken)?;
+        times.push(began.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[ROUND_TRIPS / 2], times[ROUND_TRIPS * 99 / 100]))
 }
