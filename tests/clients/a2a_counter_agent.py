@@ -38,13 +38,13 @@ class Counter(AgentExecutor):
             await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 
-def main() -> None:
-    host, port = sys.argv[1], int(sys.argv[2])
+def build_app(url: str) -> Starlette:
+    """The counter agent as an ASGI app whose card advertises `url`."""
     card = AgentCard(
         name="counter",
         description="Counts, slowly, to show streaming",
         version="1.0.0",
-        supported_interfaces=[AgentInterface(url=f"http://127.0.0.1:{port}/", protocol_binding="JSONRPC", protocol_version="1.0")],
+        supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
         capabilities=AgentCapabilities(streaming=True),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
@@ -52,7 +52,13 @@ def main() -> None:
     )
     handler = DefaultRequestHandler(agent_executor=Counter(), task_store=InMemoryTaskStore(), agent_card=card)
     routes = create_agent_card_routes(card) + create_jsonrpc_routes(handler, rpc_url="/")
-    uvicorn.run(Starlette(routes=routes), host=host, port=port, log_level="warning")
+    return Starlette(routes=routes)
 
 
-main()
+def main() -> None:
+    host, port = sys.argv[1], int(sys.argv[2])
+    uvicorn.run(build_app(f"http://127.0.0.1:{port}/"), host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

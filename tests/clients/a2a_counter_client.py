@@ -15,8 +15,9 @@ from a2a.helpers.proto_helpers import get_stream_response_text, new_text_message
 from a2a.types import Role, SendMessageRequest
 
 
-async def run(url: str, n: int, streaming: bool) -> list:
-    client = await create_client(url, client_config=ClientConfig(streaming=streaming))
+async def run(url: str, n: int, streaming: bool, httpx_client=None) -> list:
+    config = ClientConfig(streaming=streaming, httpx_client=httpx_client)
+    client = await create_client(url, client_config=config)
     request = SendMessageRequest(message=new_text_message(f"count {n}", role=Role.ROLE_USER))
     events = []
     start = time.monotonic()
@@ -38,4 +39,5 @@ async def main() -> None:
     print(json.dumps({"blocking": blocking, "streamed": streamed}))
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    asyncio.run(main())
