@@ -170,5 +170,8 @@ def test_service_names_map_to_the_ports_ternd_uses() -> None:
     # Computed by the Rust implementation (tern_proto::service::service_port).
     assert tern.service_port("time") == 38168
     assert tern.service_port("8080") == 8080
+    # As tern-proto: what parses as a u16 is that port, a larger number is a name.
+    assert tern.service_port("0") == 0
+    assert 32768 <= tern.service_port("70000") < 49152
     with pytest.raises(ValueError):
         tern.service_port("-bad-")

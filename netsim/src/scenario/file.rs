@@ -345,8 +345,7 @@ struct File {
     name: String,
     #[serde(default = "default_seed")]
     seed: u64,
-    #[serde(deserialize_with = "duration")]
-    duration: Duration,
+    duration: Spanned<Time>,
     #[serde(default)]
     link: Link,
     #[serde(default)]
@@ -504,6 +503,8 @@ struct LatencyEntry {
     p99: Option<Duration>,
 }
 
+/// The longest run a scenario may ask for (simulated time is cheap, but not free).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Apps' first port: above tern's own.
 const FIRST_APP_PORT: u16 = 5000;
 
@@ -515,6 +516,10 @@ struct Checker<'a, F> {
 impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F> {
     fn check(&self) -> Result<Scenario, ScenarioError> {
         let file = self.file;
+        if self.duration() > MAX_DURATION {
+            let most = format!("a run takes at most {}", seconds(MAX_DURATION));
+            return Err(self.fail(&file.duration, "duration", most));
+        }
         let mut sites = Vec::new();
         for entry in &file.site {
             self.fresh(&entry.name, sites.iter().map(|s: &Site| &s.name), "site")?;
@@ -627,6 +632,9 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                     None => return Err(format!("no node or group is named {name:?}")),
                 }
             }
+            // A group and one of its members name that member once.
+            let mut seen = std::collections::BTreeSet::new();
+            out.retain(|name| seen.insert(name.clone()));
             Ok(out)
         };
 
@@ -661,9 +669,46 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                 return Err(self.fail(&entry.kind, "bytes", "a bulk app needs bytes > 0".into()));
             }
             if let Some(rate) = entry.rate
-                && !(rate > 0.0 && rate <= 10_000.0)
+                && !(0.001..=10_000.0).contains(&rate)
             {
-                return Err(self.fail(&entry.kind, "rate", "rate must be in (0, 10000]".into()));
+                return Err(self.fail(
+                    &entry.kind,
+                    "rate",
+                    "rate must be 0.001 to 10000 requests a second".into(),
+                ));
+            }
+            if entry.requests == Some(0) {
+                return Err(self.fail(&entry.kind, "requests", "an app needs requests > 0".into()));
+            }
+            if kind == AppKind::Ping && from.iter().all(|a| to.iter().all(|b| a == b)) {
+                return Err(self.fail(
+                    &entry.to,
+                    "to",
+                    "a ping app needs a node in `to` other than the one pinging".into(),
+                ));
+            }
+            let port = entry.port.unwrap_or(FIRST_APP_PORT + index as u16);
+            if port < 1024 {
+                return Err(self.fail(
+                    &entry.kind,
+                    "port",
+                    format!("port {port} is tern's own: apps use 1024-65535"),
+                ));
+            }
+            // Apps that serve hold their port on their `to` node: one app a port there.
+            if kind != AppKind::Ping
+                && let Some(other) = apps
+                    .iter()
+                    .find(|a| a.kind != AppKind::Ping && a.to == to && a.port == port)
+            {
+                return Err(self.fail(
+                    &entry.kind,
+                    "port",
+                    format!(
+                        "app {:?} already serves port {port} on {}",
+                        other.name, to[0]
+                    ),
+                ));
             }
             self.within(entry.start, &entry.name, "start")?;
             apps.push(App {
@@ -671,7 +716,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                 kind,
                 from,
                 to,
-                port: entry.port.unwrap_or(FIRST_APP_PORT + index as u16),
+                port,
                 start: entry.start,
                 bytes: entry.bytes,
                 requests: entry.requests.unwrap_or(20),
@@ -848,7 +893,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
             name: file.name.clone(),
             dir: PathBuf::from("."),
             seed: file.seed,
-            duration: file.duration,
+            duration: self.duration(),
             link: file.link,
             sites,
             nodes,
@@ -856,6 +901,10 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
             events,
             checks,
         })
+    }
+
+    fn duration(&self) -> Duration {
+        self.file.duration.get_ref().0
     }
 
     fn fail<T>(&self, spanned: &Spanned<T>, key: &str, message: String) -> ScenarioError {
@@ -894,7 +943,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
         spanned: &Spanned<T>,
         key: &str,
     ) -> Result<(), ScenarioError> {
-        match at <= self.file.duration {
+        match at <= self.duration() {
             true => Ok(()),
             false => Err(self.fail(
                 spanned,
@@ -902,7 +951,7 @@ impl<F: Fn(std::ops::Range<usize>, &str, String) -> ScenarioError> Checker<'_, F
                 format!(
                     "{} is past the scenario's duration ({})",
                     seconds(at),
-                    seconds(self.file.duration)
+                    seconds(self.duration())
                 ),
             )),
         }
@@ -1107,5 +1156,28 @@ delivered = "all"
         );
         let unknown = with_check.replace("exec = \"agent\"", "exec = \"other\"");
         assert!(error(&unknown).contains("no exec step is named \"other\""));
+    }
+
+    #[test]
+    fn apps_that_could_not_work_are_refused() {
+        let low = GOOD.replace("bytes = \"1MiB\"", "bytes = \"1MiB\"\nport = 7");
+        assert!(error(&low).contains("tern's own"), "{}", error(&low));
+        let twice = GOOD.replace(
+            "[[event]]",
+            "[[app]]\nname = \"again\"\nkind = \"rpc\"\nfrom = \"alice\"\nto = \"bob\"\nport = 5000\n\n[[event]]",
+        );
+        assert!(
+            error(&twice).contains("already serves port 5000"),
+            "{}",
+            error(&twice)
+        );
+        let none = GOOD.replace("bytes = \"1MiB\"", "bytes = \"1MiB\"\nrequests = 0");
+        assert!(error(&none).contains("requests > 0"), "{}", error(&none));
+        let long = GOOD.replace("duration = \"60s\"", "duration = \"9999h\"");
+        assert!(
+            error(&long).starts_with("s.toml:3: `duration`:"),
+            "{}",
+            error(&long)
+        );
     }
 }

@@ -7,8 +7,10 @@
 //!
 //! What the kernel mode cannot do is refused before anything starts: more than one node at a
 //! site, a rendezvous behind NAT, NAT rebinding and wall-clock steps; a link's latency, jitter,
-//! duplication, reordering, bandwidth and MTU (this kernel has no `tc netem`). Random loss is
-//! applied with nftables (`numgen random`), partitions with drop rules on the lab's bridge.
+//! duplication, reordering, bandwidth and MTU (this kernel has no `tc netem`; a file that
+//! leaves `latency` at its default runs at the lab's own, sub-millisecond, latency). Random
+//! loss is applied with nftables (`numgen random`), partitions with drop rules on the lab's
+//! bridge. Every process the world starts dies with tern-netsim, even when it is killed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -37,11 +39,28 @@ struct Started {
 
 impl Started {
     fn kill(&self) {
-        if let Some(group) = self.group.and_then(|g| i32::try_from(g).ok()) {
-            // SAFETY: kill(2) on a process group this world started; no memory involved.
-            unsafe { libc::kill(-group, libc::SIGKILL) };
-        }
+        kill_group(self.group);
         self.exited.abort();
+    }
+}
+
+fn kill_group(group: Option<u32>) {
+    if let Some(group) = group.and_then(|g| i32::try_from(g).ok()) {
+        // SAFETY: kill(2) on a process group this world started; no memory involved.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    }
+}
+
+/// Makes `command`'s process die with the thread that spawns it (tern-netsim killed, or
+/// interrupted before it could clean up): no ternd or agent outlives the run.
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(2) is async-signal-safe; the closure touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
     }
 }
 
@@ -74,11 +93,8 @@ pub struct KernelWorld {
 
 /// Why `scenario` cannot run in the kernel lab, if it cannot.
 pub fn unsupported(scenario: &Scenario) -> Option<String> {
-    let lossless = |link: &Link| Link {
-        loss: 0.0,
-        latency: Link::default().latency,
-        ..*link
-    };
+    // Anything but loss set away from the default link is refused.
+    let lossless = |link: &Link| Link { loss: 0.0, ..*link };
     let mut per_site = BTreeMap::new();
     for node in &scenario.nodes {
         if let Some(site) = node.site {
@@ -242,6 +258,7 @@ impl KernelWorld {
         for server in &node.rendezvous {
             command.args(["--rendezvous", server]);
         }
+        die_with_parent(&mut command);
         let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -386,6 +403,7 @@ impl KernelWorld {
             .stdout(log)
             .stderr(err_log)
             .process_group(0);
+        die_with_parent(&mut std_command);
         let mut child = tokio::process::Command::from(std_command)
             .spawn()
             .map_err(|e| format!("starting {name} ({}): {e}", command[0]))?;
@@ -393,7 +411,10 @@ impl KernelWorld {
         let task_name = name.to_string();
         let exited = tokio::spawn(async move {
             let name = task_name;
-            let status = child.wait().await.map_err(|e| format!("{name}: {e}"))?;
+            let status = child.wait().await.map_err(|e| format!("{name}: {e}"));
+            // What the command left running in the background ends with it.
+            kill_group(group);
+            let status = status?;
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(3).collect();
             status.code().ok_or_else(|| {

@@ -51,6 +51,7 @@ pub async fn run(
         log,
         app: app.name.clone(),
         outcome,
+        open: Arc::default(),
     };
     match app.kind {
         AppKind::Bulk => bulk(world, track, app).await,
@@ -65,6 +66,9 @@ struct Track {
     log: Log,
     app: String,
     outcome: Arc<std::sync::Mutex<AppOutcome>>,
+    /// The outage this track's actor is in (its index in `outages`): only that actor's
+    /// success ends it.
+    open: Arc<std::sync::Mutex<Option<usize>>>,
 }
 
 impl Track {
@@ -76,32 +80,37 @@ impl Track {
         self.log.note(format!("{}: {text}", self.app));
     }
 
+    /// The same app's track for another actor of it (a pinger of its own): its outages
+    /// begin and end on its own attempts.
+    fn actor(&self) -> Track {
+        Track {
+            open: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// The attempt begun at `since` failed: an outage from then, unless one is going on.
     fn lost(&self, since: Duration, why: impl std::fmt::Display) {
-        let new = self.with(|o| match o.outages.last() {
-            Some((_, None)) => false,
-            _ => {
+        let mut open = self.open.lock().expect("outage lock");
+        if open.is_none() {
+            *open = Some(self.with(|o| {
                 o.outages.push((since, None));
-                true
-            }
-        });
-        if new {
+                o.outages.len() - 1
+            }));
             self.note(format!("lost its peer: {why}"));
         }
     }
 
     fn working(&self) {
+        let Some(index) = self.open.lock().expect("outage lock").take() else {
+            return;
+        };
         let now = self.log.now();
-        let back = self.with(|o| match o.outages.last_mut() {
-            Some((began, ended @ None)) => {
-                *ended = Some(now);
-                Some(now - *began)
-            }
-            _ => None,
+        let after = self.with(|o| {
+            o.outages[index].1 = Some(now);
+            now - o.outages[index].0
         });
-        if let Some(after) = back {
-            self.note(format!("working again after {}", seconds(after)));
-        }
+        self.note(format!("working again after {}", seconds(after)));
     }
 
     fn corrupt(&self, what: String) {
@@ -164,6 +173,8 @@ where
         while let Ok(stream) = accept(&*world, &node, port).await {
             tokio::spawn(serve(stream));
         }
+        // The node went, or refused: try again in a moment, never in a busy loop.
+        tokio::time::sleep(RETRY / 2).await;
     }
 }
 
@@ -482,7 +493,7 @@ async fn ping(world: Arc<dyn World>, track: Track, app: App) {
             .filter(|(a, _)| a == from)
             .map(|(_, b)| b.clone())
             .collect();
-        let (world, track, from) = (world.clone(), track.clone(), from.clone());
+        let (world, track, from) = (world.clone(), track.actor(), from.clone());
         pingers.push(tokio::spawn(async move {
             for to in targets {
                 let sent_at = Instant::now();

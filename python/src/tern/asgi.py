@@ -40,12 +40,17 @@ async def serve(
     protocol_class: Any = config.http_protocol_class
     loop = asyncio.get_running_loop()
     async with client.listen(port, open=open):
-        while True:
-            sock, info = await _accept(client, port)
-            peer = (str(info.get("peer", "")), int(info.get("remote_port", 0)))
-            protocol = protocol_class(config=config, server_state=state, app_state={})
-            protocol.app = _from_peer(protocol.app, peer)
-            await loop.connect_accepted_socket(lambda: protocol, sock)
+        try:
+            while True:
+                sock, info = await _accept(client, port)
+                peer = (str(info.get("peer", "")), int(info.get("remote_port", 0)))
+                protocol = protocol_class(config=config, server_state=state, app_state={})
+                protocol.app = _from_peer(protocol.app, peer)
+                await loop.connect_accepted_socket(lambda: protocol, sock)
+        finally:
+            # Stopped: the connections it was serving end with it.
+            for connection in list(state.connections):
+                connection.shutdown()
 
 
 def _from_peer(app: Any, peer: tuple[str, int]) -> Any:

@@ -69,14 +69,19 @@ class Client:
             raise TernError(
                 f"not allowed to use {self.socket}: run as the user that runs ternd"
             ) from e
+        except OSError as e:
+            raise TernError(f"cannot connect to ternd at {self.socket}: {e}") from e
 
     @staticmethod
     async def _exchange(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]
     ) -> Any:
-        writer.write(_frames.encode(request))
-        await writer.drain()
-        return _frames.answer(await _read_frame(reader))
+        try:
+            writer.write(_frames.encode(request))
+            await writer.drain()
+            return _frames.answer(await _read_frame(reader))
+        except OSError as e:
+            raise ProtocolError(f"the connection to ternd broke: {e}") from e
 
     async def request(self, op: str, **fields: Any) -> Any:
         """Sends one request (``{"op": op, **fields}``) on a connection of its own and
@@ -207,8 +212,18 @@ class Listener:
         self.port = port
         self.open = open
         self._held: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._starting = asyncio.Lock()
+        self._closed = False
 
     async def start(self) -> Listener:
+        if self._closed:
+            raise TernError(f"the listener on port {self.port} is closed: listen again")
+        async with self._starting:
+            if self._held is None:
+                await self._listen()
+        return self
+
+    async def _listen(self) -> None:
         if self._held is None:
             reader, writer = await self.client._connect()
             try:
@@ -219,10 +234,10 @@ class Listener:
                 writer.close()
                 raise
             self._held = (reader, writer)
-        return self
 
     async def close(self) -> None:
         """Lets the port go."""
+        self._closed = True
         if self._held is not None:
             self._held[1].close()
             self._held = None

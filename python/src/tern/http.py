@@ -22,6 +22,7 @@ import httpcore
 import httpx
 
 from .client import Client
+from .errors import TernError
 
 
 _DASHED_ADDRESS = re.compile(r"^[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}$")
@@ -96,6 +97,9 @@ class _Backend(httpcore.AsyncNetworkBackend):
             reader, writer = await asyncio.wait_for(dialled, timeout)
         except asyncio.TimeoutError as e:
             raise httpcore.ConnectTimeout(f"could not reach {host}:{port} within {timeout} s") from e
+        except TernError as e:
+            # httpx's retries and its ConnectError handlers apply.
+            raise httpcore.ConnectError(str(e)) from e
         return _Stream(reader, writer)
 
     async def sleep(self, seconds: float) -> None:

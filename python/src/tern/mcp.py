@@ -18,6 +18,7 @@ same port on both ends (SPEC.md §7.1).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -25,6 +26,8 @@ from typing import Any
 
 from .client import Client
 from .service import service_port
+
+logger = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -108,8 +111,12 @@ async def serve(
     client = client or Client(home)
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with _session_streams(reader, writer) as (read, write):
-            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+        # One peer's session failing (it vanished mid-reply, say) leaves the others serving.
+        try:
+            async with _session_streams(reader, writer) as (read, write):
+                await lowlevel.run(read, write, lowlevel.create_initialization_options())
+        except Exception:
+            logger.exception("an MCP session over tern failed")
 
     async with client.listen(service_port(name), open=open) as listener:
         async with anyio.create_task_group() as tasks:

@@ -24,6 +24,7 @@ _CHUNK_START, _CHUNK_END, _ROOT = 1, 2, 8
 _DERIVE_KEY_CONTEXT, _DERIVE_KEY_MATERIAL = 32, 64
 _MASK = 0xFFFFFFFF
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_NUMBER = re.compile(r"\+?[0-9]+")
 
 
 def _rotr(x: int, n: int) -> int:
@@ -71,11 +72,9 @@ def derive_key(context: str, material: bytes) -> bytes:
 
 def service_port(name: str) -> int:
     """The port a service name (or a decimal port number) stands for."""
-    if name.isdecimal():
-        port = int(name)
-        if not 0 < port < 65536:
-            raise ValueError(f"{name} is not a port (1-65535)")
-        return port
+    # As tern-proto: whatever parses as a u16 is that port; anything else must be a name.
+    if _NUMBER.fullmatch(name) and int(name) <= 0xFFFF:
+        return int(name)
     if not _NAME.match(name):
         raise ValueError(
             f"{name!r} is not a service name: 1-63 of a-z, 0-9 and '-', not starting or "

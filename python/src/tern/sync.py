@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _frames
 from .client import Client
-from .errors import DaemonNotRunningError, ProtocolError
+from .errors import DaemonNotRunningError, ProtocolError, TernError
 
 
 class SyncStream:
@@ -68,6 +68,9 @@ class SyncClient:
         except (FileNotFoundError, ConnectionRefusedError) as e:
             sock.close()
             raise DaemonNotRunningError(str(self.socket), str(self.home)) from e
+        except OSError as e:
+            sock.close()
+            raise TernError(f"cannot connect to ternd at {self.socket}: {e}") from e
         return sock
 
     def _open(self, request: dict[str, Any]) -> SyncStream:
@@ -75,6 +78,9 @@ class SyncClient:
         try:
             sock.sendall(_frames.encode(request))
             info = _frames.answer(_read_frame(sock))
+        except OSError as e:
+            sock.close()
+            raise ProtocolError(f"the connection to ternd broke: {e}") from e
         except BaseException:
             sock.close()
             raise
