@@ -1,0 +1,358 @@
+//! Sealed control packets on the node's socket: pings and path checks, hole-punching
+//! probes within their budgets, STUN, and relay forwarding.
+
+use super::*;
+
+/// Probe packets hole punching may send: per peer (a punch to one peer needs about 60 a
+/// second) and in total, so that introductions from many identities cannot make this node
+/// a packet cannon.
+const PROBES_PER_SECOND_PER_PEER: f64 = 100.0;
+
+const PROBE_BURST_PER_PEER: f64 = 200.0;
+
+const PROBES_PER_SECOND: f64 = 2000.0;
+
+const PROBE_BURST: f64 = 4000.0;
+
+pub(super) struct ProbeBudget {
+    per_peer: RateLimiter,
+    total: RateLimiter<()>,
+}
+
+impl Default for ProbeBudget {
+    fn default() -> Self {
+        Self {
+            per_peer: RateLimiter::new(PROBES_PER_SECOND_PER_PEER, PROBE_BURST_PER_PEER),
+            total: RateLimiter::new(PROBES_PER_SECOND, PROBE_BURST),
+        }
+    }
+}
+
+impl ProbeBudget {
+    fn allow(&mut self, now: Instant, peer: Address) -> bool {
+        self.per_peer.allow(now, peer) && self.total.allow(now, ())
+    }
+}
+
+/// How long a ping or STUN request waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Forgets a ping's id however the wait for its pong ends: answered, timed out, or cancelled
+/// (a path check dropped with its connection), so pending pings cannot pile up.
+struct ForgetPing<'a> {
+    shared: &'a Shared,
+    txid: u64,
+}
+
+impl Drop for ForgetPing<'_> {
+    fn drop(&mut self) {
+        self.shared.state().pings.remove(&self.txid);
+    }
+}
+
+async fn with_timeout<T>(
+    timeout: Duration,
+    probe: impl std::future::Future<Output = Result<T, ProbeError>>,
+) -> Result<T, ProbeError> {
+    tokio::time::timeout(timeout, probe)
+        .await
+        .unwrap_or(Err(ProbeError::Timeout(timeout)))
+}
+
+/// Handles every datagram that is not QUIC: STUN and sealed control packets.
+pub(super) async fn control_loop(mut diverted: mpsc::Receiver<Diverted>, shared: Weak<Shared>) {
+    while let Some(packet) = diverted.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let reply = match packet.kind {
+            PacketKind::Stun => handle_stun(&shared, &packet).map(|r| (packet.from, r.into())),
+            PacketKind::Tern(TernType::SealedControl) => {
+                handle_control(&shared, &packet).map(|r| (packet.from, r.into()))
+            }
+            PacketKind::Tern(TernType::Relay) => forward_relayed(&shared, &packet),
+            PacketKind::Quic | PacketKind::Unknown => None,
+        };
+        if let Some((to, reply)) = reply
+            && let Err(e) = shared.socket.send_raw(to, &reply).await
+        {
+            tracing::debug!(%to, error = %e, "control reply not sent");
+        }
+    }
+}
+
+/// The address a connected peer is reached at directly, if it is, and proven (pinned: see
+/// `serve_streams`).
+pub(super) fn direct_address(shared: &Shared, peer: Address) -> Option<SocketAddr> {
+    // Ask quinn before taking the path lock (see DemuxSocket::paths).
+    let synthetic = shared.state().live_connection(peer)?.remote_address();
+    let paths = shared.socket.paths();
+    match paths.route_for(&synthetic)? {
+        Route::Direct(real) if paths.is_pinned_direct(real) => Some(real),
+        Route::Direct(_) | Route::Relay { .. } => None,
+    }
+}
+
+/// Serving as a relay, for frames the socket could not route on its own (peers it has not
+/// learnt about lately): looks both peers up, teaches the socket, and forwards the frame
+/// unchanged (so never amplified) if its source is a connected peer sending from its
+/// verified address (no spoofed sources) and its destination is directly connected too.
+fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, Bytes)> {
+    let (header, _) = RelayHeader::decode(&packet.data)?;
+    for peer in [header.source, header.destination] {
+        if let Some(at) = direct_address(shared, peer) {
+            shared.socket.learn_relay_route(peer, at);
+        }
+    }
+    match shared.socket.route_relayed(packet.from, &header) {
+        Relayed::Forward(to) => Some((to, packet.data.clone())),
+        Relayed::Refused | Relayed::Unknown => {
+            tracing::debug!(source = %header.source, destination = %header.destination, from = %packet.from, "relay frame dropped");
+            None
+        }
+    }
+}
+
+fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
+    if let Some((id, mapped)) = stun::parse_binding_response(&packet.data) {
+        if let Some(waiter) = shared.state().stun.remove(&id) {
+            let _ = waiter.send(mapped);
+        }
+        return None;
+    }
+    stun::answer_binding_request(&packet.data, packet.from)
+}
+
+fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
+    let (from, _) = peek_addresses(&packet.data).ok()?;
+    let keys = shared.state().known.get(&from)?.keys.clone();
+    // Sealing and opening happen outside the node's lock: forged packets cost others no wait.
+    let refused = |e: ControlError| tracing::debug!(%from, error = %e, "control packet refused");
+    let authentic = keys.authenticate(&packet.data).map_err(refused).ok()?;
+    let txid = {
+        let mut state = shared.state();
+        let known = state.known.get_mut(&from)?;
+        match known.replay.admit(authentic).map_err(refused).ok()? {
+            ControlMessage::Ping { txid } => {
+                known.pinged_from = Some(packet.from);
+                txid
+            }
+            ControlMessage::Pong { txid, .. } => {
+                let answers = |p: &PendingPing| p.peer == from;
+                if state.pings.get(&txid).is_some_and(answers)
+                    && let Some(ping) = state.pings.remove(&txid)
+                {
+                    let _ = ping.answer.send(packet.from);
+                }
+                return None;
+            }
+        }
+    };
+    let counter = shared.next_counter();
+    let pong = ControlMessage::Pong {
+        txid,
+        observed: packet.from,
+    };
+    Some(keys.seal(counter, &pong))
+}
+
+impl Node {
+    /// Lets this node exchange sealed control packets (probes) with `peer` before any
+    /// connection exists: the identity comes from a verified record.
+    pub fn learn(&self, peer: &PublicIdentity) {
+        self.shared.state().learn(&self.shared.identity, peer);
+    }
+
+    /// Round trip of a sealed control ping to a known peer, on its current path or at `at`;
+    /// over a relayed path, QUIC's own round-trip estimate.
+    pub async fn ping(
+        &self,
+        peer: Address,
+        at: Option<SocketAddr>,
+    ) -> Result<Duration, ProbeError> {
+        match self.ping_within(peer, at, PROBE_TIMEOUT).await {
+            // Control packets do not cross relays: QUIC's own round-trip estimate instead.
+            Err(ProbeError::Relayed) => self
+                .shared
+                .state()
+                .live_connection(peer)
+                .map(|c| c.rtt())
+                .ok_or(ProbeError::UnknownPeer(peer)),
+            other => other,
+        }
+    }
+
+    async fn ping_within(
+        &self,
+        peer: Address,
+        at: Option<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Duration, ProbeError> {
+        let shared = &self.shared;
+        let (packet, to, txid, answer) = {
+            let mut state = shared.state();
+            let keys = state
+                .known
+                .get(&peer)
+                .map(|k| k.keys.clone())
+                .ok_or(ProbeError::UnknownPeer(peer))?;
+            let to = match at {
+                Some(at) => at,
+                None => {
+                    // Ask quinn first: its driver holds its own lock while it takes the path lock.
+                    let synthetic = state
+                        .live_connection(peer)
+                        .ok_or(ProbeError::UnknownPeer(peer))?
+                        .remote_address();
+                    match shared.socket.paths().route_for(&synthetic) {
+                        Some(Route::Direct(real)) => real,
+                        // Control packets do not cross relays; the caller asks QUIC instead.
+                        Some(Route::Relay { .. }) => return Err(ProbeError::Relayed),
+                        None => return Err(ProbeError::UnknownPeer(peer)),
+                    }
+                }
+            };
+            let txid = shared.env.random_u64();
+            let (answer, rx) = oneshot::channel();
+            state.pings.insert(txid, PendingPing { peer, answer });
+            let counter = shared.next_counter();
+            (
+                keys.seal(counter, &ControlMessage::Ping { txid }),
+                to,
+                txid,
+                rx,
+            )
+        };
+        let _forget = ForgetPing { shared, txid };
+        let started = Instant::now();
+        with_timeout(timeout, async {
+            shared
+                .socket
+                .send_raw(to, &packet)
+                .await
+                .map_err(ProbeError::Send)?;
+            answer.await.map_err(|_| ProbeError::ShuttingDown)
+        })
+        .await
+        .map(|_| started.elapsed())
+    }
+
+    /// Whether `peer` answers a sealed ping at `endpoint` within `timeout` (a direct path
+    /// check).
+    pub async fn check_path(&self, peer: Address, endpoint: SocketAddr, timeout: Duration) -> bool {
+        self.ping_within(peer, Some(endpoint), timeout)
+            .await
+            .is_ok()
+    }
+
+    /// Sends the connection to `peer` along `route` from now on; false if there is none.
+    pub fn set_route(&self, peer: Address, route: Route) -> bool {
+        // Ask quinn first, then take the path lock (never both at once).
+        let Some(connection) = self.shared.state().live_connection(peer) else {
+            return false;
+        };
+        let synthetic = connection.remote_address();
+        self.shared.socket.paths().set_route(synthetic, route);
+        true
+    }
+
+    /// Hole punching: pings every candidate endpoint of a known peer, again and again from
+    /// this node's one socket, until one answers or `within` passes. Each ping also opens this
+    /// side's NAT towards that endpoint; the peer does the same towards us at the same time.
+    /// A ping from the peer arriving from an address not among the candidates (its NAT gave
+    /// it a new mapping towards us: a peer-reflexive address) becomes a candidate too.
+    /// Returns the first endpoint that answered.
+    pub async fn probe(
+        &self,
+        peer: Address,
+        candidates: &[SocketAddr],
+        within: Duration,
+    ) -> Option<SocketAddr> {
+        let mut punch = Punch::new(Instant::now(), candidates, within);
+        let mut probes = tokio::task::JoinSet::new();
+        loop {
+            let now = Instant::now();
+            punch.handle_timeout(now);
+            // Where the peer's own probes came from: its NAT's mapping towards us.
+            let reflexive = self
+                .shared
+                .state()
+                .known
+                .get(&peer)
+                .and_then(|k| k.pinged_from);
+            if let Some(reflexive) = reflexive {
+                punch.add_candidate(now, reflexive);
+            }
+            while let Some(candidate) = punch.poll_probe(now) {
+                if !self.probe_allowed(peer) {
+                    punch.handle_probed(now, candidate, Probed::NotSent);
+                    continue;
+                }
+                let node = self.clone();
+                probes.spawn(async move {
+                    let probed = match node
+                        .ping_within(peer, Some(candidate), PROBE_INTERVAL)
+                        .await
+                    {
+                        Ok(_) => Probed::Answered,
+                        Err(ProbeError::Timeout(_)) => Probed::Unanswered,
+                        Err(_) => Probed::NotSent,
+                    };
+                    (candidate, probed)
+                });
+            }
+            match punch.outcome() {
+                Outcome::Direct(path) => return Some(path),
+                Outcome::GaveUp => return None,
+                Outcome::Punching => {}
+            }
+            // While the window is open, look for a peer-reflexive candidate a few times per
+            // probe interval; once closed, only the answers of probes in flight matter.
+            let wake = punch
+                .poll_timeout()
+                .map(|at| at.min(now + PROBE_INTERVAL / 3));
+            tokio::select! {
+                biased;
+                Some(joined) = probes.join_next() => {
+                    let Ok((candidate, probed)) = joined else { return None };
+                    punch.handle_probed(Instant::now(), candidate, probed);
+                }
+                _ = async { tokio::time::sleep_until(wake.expect("guarded")).await }, if wake.is_some() => {}
+                else => return None,
+            }
+        }
+    }
+
+    /// Takes one probe packet from the node's budget (per peer and in total).
+    fn probe_allowed(&self, peer: Address) -> bool {
+        let allowed = self
+            .shared
+            .probe_budget
+            .lock()
+            .expect("probe budget lock")
+            .allow(Instant::now(), peer);
+        if !allowed {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.shared.limited.probes_limited.fetch_add(1, Relaxed);
+        }
+        allowed
+    }
+
+    /// Asks a STUN server which address this node's socket appears from.
+    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, ProbeError> {
+        let (id, request) = stun::binding_request(self.shared.env.random_bytes());
+        let (tx, rx) = oneshot::channel();
+        self.shared.state().stun.insert(id, tx);
+        let outcome = with_timeout(PROBE_TIMEOUT, async {
+            self.shared
+                .socket
+                .send_raw(server, &request)
+                .await
+                .map_err(ProbeError::Send)?;
+            rx.await.map_err(|_| ProbeError::ShuttingDown)
+        })
+        .await;
+        self.shared.state().stun.remove(&id);
+        outcome
+    }
+}
