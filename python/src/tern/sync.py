@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import os
 import socket
 from collections.abc import Callable, Coroutine
@@ -55,11 +56,12 @@ class SyncClient:
             return worker.submit(asyncio.run, call(*args, **kw)).result()
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        # Every one-answer request of the async client, by the same name.
-        if name in _ONE_ANSWER:
-            call = getattr(self._client, name)
-            return lambda *args, **kw: self._run(call, *args, **kw)
-        raise AttributeError(name)
+        # Every one-answer request of the async client (its public coroutines but `dial`,
+        # which gives a socket here), by the same name.
+        call = getattr(self._client, name, None)
+        if name.startswith("_") or name == "dial" or not inspect.iscoroutinefunction(call):
+            raise AttributeError(name)
+        return lambda *args, **kw: self._run(call, *args, **kw)
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -119,15 +121,6 @@ class SyncListener:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-
-_ONE_ANSWER = frozenset(
-    {
-        "request", "status", "peers", "find", "ping", "trust", "untrust", "trusted",
-        "request_trust", "trust_requests", "answer_trust", "set_name", "names", "set_alias",
-        "forget_name", "send_datagram", "reset", "outcome",
-    }
-)
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytes:
