@@ -8,6 +8,8 @@ use std::time::Duration;
 use tern_proto::Name;
 
 use crate::TransportConfig;
+use crate::dht::DhtSettings;
+use crate::discovery::{DEFAULT_ORDER, Source};
 use crate::home::Home;
 use crate::rendezvous;
 
@@ -24,6 +26,10 @@ pub struct DaemonConfig {
     pub transport: TransportConfig,
     /// Local API clients connected at once; more wait.
     pub max_api_clients: usize,
+    /// The Mainline DHT, when on (`--dht`): off by default.
+    pub dht: Option<DhtSettings>,
+    /// Where peers are looked up, in order.
+    pub lookup: Vec<Source>,
 }
 
 impl DaemonConfig {
@@ -37,6 +43,8 @@ impl DaemonConfig {
             name_grace: Duration::from_secs(rendezvous::registry::DEFAULT_NAME_GRACE),
             transport: TransportConfig::default(),
             max_api_clients: 1024,
+            dht: None,
+            lookup: DEFAULT_ORDER.to_vec(),
         }
     }
 }
@@ -51,6 +59,14 @@ pub struct ConfigFile {
     pub log_format: Option<String>,
     /// As a rendezvous: days a name stays held after its holder's record lapsed.
     pub name_grace_days: Option<u64>,
+    /// Join the Mainline DHT (publish this node, resolve peers through it).
+    pub dht: Option<bool>,
+    /// DHT bootstrap nodes, `HOST:PORT` (none: the public ones).
+    #[serde(default)]
+    pub dht_bootstrap: Vec<String>,
+    /// Where peers are looked up, in order: "rendezvous", "dht" (default: both, in that
+    /// order; the DHT only when on).
+    pub lookup: Option<Vec<Source>>,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -81,6 +97,14 @@ impl ConfigFile {
     /// Applies what the file says to `config` (the flags were applied, or will win, by the
     /// caller).
     pub fn apply(&self, config: &mut DaemonConfig) {
+        if self.dht == Some(true) && config.dht.is_none() {
+            config.dht = Some(DhtSettings {
+                bootstrap: self.dht_bootstrap.clone(),
+            });
+        }
+        if let Some(lookup) = &self.lookup {
+            config.lookup = lookup.clone();
+        }
         if let Some(days) = self.name_grace_days {
             config.name_grace = Duration::from_secs(days.saturating_mul(24 * 3600));
         }
@@ -121,6 +145,15 @@ mod tests {
         file.apply(&mut config);
         assert_eq!(config.transport.max_connections, 10);
         assert_eq!(config.transport.max_connections_per_peer, 1);
+        assert!(config.dht.is_none());
+        assert_eq!(config.lookup, DEFAULT_ORDER);
+        let dht = ConfigFile::parse(
+            "dht = true\ndht_bootstrap = [\"127.0.0.1:6881\"]\nlookup = [\"dht\"]\n",
+        )
+        .unwrap();
+        dht.apply(&mut config);
+        assert_eq!(config.dht.unwrap().bootstrap, ["127.0.0.1:6881"]);
+        assert_eq!(config.lookup, [Source::Dht]);
         let e = ConfigFile::parse("[limits]\nconections = 1\n").unwrap_err();
         assert!(e.to_string().contains("conections"), "{e}");
     }

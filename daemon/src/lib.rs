@@ -4,6 +4,8 @@
 pub mod backoff;
 pub mod config;
 pub mod daemon;
+pub mod dht;
+pub mod discovery;
 pub mod env;
 /// The home directory lives with the local API's frames in `tern-local`, shared with clients.
 pub use tern_local::home;

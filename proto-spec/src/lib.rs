@@ -7,6 +7,7 @@
 pub mod address;
 pub mod api;
 pub mod control;
+pub mod dht;
 pub mod identity;
 pub mod name;
 pub mod packet;

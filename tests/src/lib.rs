@@ -76,15 +76,17 @@ impl Daemon {
 
     /// Like [`Daemon::restart`], running `meanwhile` while the daemon is down.
     pub fn restart_after(self, args: &[&str], meanwhile: impl FnOnce()) -> Self {
-        let Daemon {
-            home,
-            listen,
-            _process,
-            ..
-        } = self;
+        let listen = self.listen.clone();
+        self.restart_on(&listen, args, meanwhile)
+    }
+
+    /// Stops this daemon and starts a new one on the same home listening on `listen` (a
+    /// node that moved), running `meanwhile` while it is down.
+    pub fn restart_on(self, listen: &str, args: &[&str], meanwhile: impl FnOnce()) -> Self {
+        let Daemon { home, _process, .. } = self;
         drop(_process);
         meanwhile();
-        Self::launch(home, None, &listen, args)
+        Self::launch(home, None, listen, args)
     }
 
     fn launch(

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use tern_daemon::config::ConfigFile;
 use tern_daemon::daemon::{DEFAULT_PORT, Daemon, DaemonConfig};
+use tern_daemon::dht::DhtSettings;
 use tern_daemon::env::os::OsEnv;
 use tern_daemon::home::Home;
 use tern_proto::Name;
@@ -49,8 +50,21 @@ struct RunArgs {
     /// (lowercase a-z, 0-9 and '-', 1-63 characters). Kept in the home for later runs.
     #[arg(long, value_name = "NAME", env = "TERN_HOSTNAME")]
     hostname: Option<Name>,
+    /// Join the Mainline DHT: publish this node's signed record there and find peers through
+    /// it when the rendezvous servers do not know them. Off by default; the DHT is public.
+    #[arg(long, env = "TERN_DHT")]
+    dht: bool,
+    /// A DHT bootstrap node, HOST:PORT (implies --dht); repeat for several. Without it the
+    /// public Mainline bootstrap nodes are used. Env: comma-separated list.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "TERN_DHT_BOOTSTRAP",
+        value_delimiter = ','
+    )]
+    dht_bootstrap: Vec<String>,
     /// TOML configuration file (keys: listen, rendezvous, hostname, log_format,
-    /// name_grace_days, and a [limits] table). Flags win over it.
+    /// name_grace_days, dht, dht_bootstrap, lookup, and a [limits] table). Flags win over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Log format on stderr: text or json. Levels via RUST_LOG (default info).
@@ -146,6 +160,14 @@ fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
     home.ensure_dir()?;
     let mut config = DaemonConfig::new(home.clone(), listen, rendezvous);
     config.hostname = args.hostname.or(file.hostname.clone());
+    if args.dht || !args.dht_bootstrap.is_empty() {
+        config.dht = Some(DhtSettings {
+            bootstrap: match args.dht_bootstrap.is_empty() {
+                true => file.dht_bootstrap.clone(),
+                false => args.dht_bootstrap,
+            },
+        });
+    }
     file.apply(&mut config);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -15,9 +15,9 @@ pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
 use super::Daemon;
 use crate::backoff::accept_patiently;
+use crate::discovery::FindError;
 use crate::env::LinkIo;
 use crate::node::{DialError, OverlayStream};
-use crate::rendezvous::client::FindError;
 use crate::services::apps::AppError;
 use crate::services::names::NameError;
 use crate::services::trust_requests::TrustRequestError;
@@ -92,7 +92,7 @@ impl Failure for FindError {
             FindError::NotFound(_) => (
                 "not_found",
                 Some(
-                    "check the address, and that both nodes use the same rendezvous (ternd --rendezvous)",
+                    "check the address, and that both nodes use the same rendezvous (ternd --rendezvous) or both the DHT (ternd --dht)",
                 ),
             ),
             FindError::Unanswered { .. } => ("unreachable", Some(UNREACHABLE_HINT)),
@@ -118,6 +118,7 @@ impl Failure for NameError {
             ),
             NameError::NotFound(_) | NameError::NoAlias(_) => ("not_found", None),
             NameError::Pinned(_) => ("pin_mismatch", None),
+            NameError::Conflict(_) => ("name_conflict", None),
             NameError::Held(_) => ("name_taken", None),
             NameError::Unresolved(..) => (
                 "unreachable",

@@ -1,5 +1,5 @@
 //! The `ternd` daemon: wiring and status. It builds a [`Node`] and, around it, the rendezvous
-//! role it serves, its client of the rendezvous servers, the connector, and the services
+//! role it serves, its client of the rendezvous servers, the DHT when on, the connector, and the services
 //! (names, trust, trust requests, applications' ports, echo), then serves the local API.
 //! Nothing outside this module depends on it; the local API ([`api`]) serves it.
 
@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tern_proto::Name;
 
+use crate::dht::{self, Dht};
+use crate::discovery::Discovery;
 use crate::env::{BoundUdp, Env};
 use crate::home::{Home, HomeError};
 use crate::node::{Node, NodeError};
@@ -52,6 +54,8 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Server(#[from] SpecError),
+    #[error("cannot join the Mainline DHT: {0}. Check --dht-bootstrap, or start without --dht")]
+    Dht(std::io::Error),
 }
 
 pub struct Daemon {
@@ -60,6 +64,7 @@ pub struct Daemon {
     home: Home,
     node: Node,
     rendezvous: Arc<RendezvousClient>,
+    discovery: Arc<Discovery>,
     connector: Arc<Connector>,
     names: Arc<Names>,
     trust: Arc<Trust>,
@@ -120,8 +125,22 @@ impl Daemon {
             Document::load(&env, dir.join(COUNTER_FILE))?,
             book.read(|book| book.own.clone()),
         )?);
-        let connector = Arc::new(Connector::new(node.clone(), rendezvous.clone()));
-        let names = Arc::new(Names::new(node.clone(), rendezvous.clone(), book));
+        let dht = match &config.dht {
+            Some(settings) => Some(Dht::start(node.clone(), settings).map_err(StartError::Dht)?),
+            None => None,
+        };
+        let discovery = Arc::new(Discovery::new(rendezvous.clone(), dht, config.lookup));
+        let connector = Arc::new(Connector::new(
+            node.clone(),
+            rendezvous.clone(),
+            discovery.clone(),
+        ));
+        let names = Arc::new(Names::new(
+            node.clone(),
+            rendezvous.clone(),
+            discovery.clone(),
+            book,
+        ));
         let trust_requests = TrustRequests::start(
             node.clone(),
             names.clone(),
@@ -147,6 +166,12 @@ impl Daemon {
         })));
         node.spawn(rendezvous::server::persist(Arc::downgrade(&records)));
         rendezvous.start();
+        if let Some(dht) = discovery.dht() {
+            node.spawn(dht::keep_published(
+                Arc::downgrade(dht),
+                Arc::downgrade(&rendezvous),
+            ));
+        }
         echo::start(&node);
         let daemon = Arc::new_cyclic(|me| Self {
             me: me.clone(),
@@ -154,6 +179,7 @@ impl Daemon {
             node: node.clone(),
             apps: Apps::new(node.clone(), connector.clone()),
             rendezvous,
+            discovery,
             connector,
             names,
             trust,
@@ -237,6 +263,7 @@ impl Daemon {
             "endpoints": self.rendezvous.endpoints(),
             "registered": registered,
             "rendezvous": servers,
+            "dht": self.discovery.dht().map_or(json!("off"), |dht| dht.status()),
             "name": self.own_name(),
             "peers": self.node.peers().len(),
             "paths": self.node.paths_held(),

@@ -10,12 +10,13 @@ pub mod os;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use mainline::async_dht::AsyncDht;
 use quinn::AsyncUdpSocket;
 use tern_proto::SecretIdentity;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -74,6 +75,17 @@ pub trait Env: Send + Sync + fmt::Debug + 'static {
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Replaces a file so that a crash leaves the old bytes or the new, never a mix.
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+
+    /// Joins the Mainline DHT from `bind` through the `bootstrap` nodes (`HOST:PORT`; none:
+    /// the public ones). The DHT keeps its own thread and socket, so an env that cannot give
+    /// it real ones (the simulator) has none.
+    fn start_dht(&self, bind: Ipv4Addr, bootstrap: &[String]) -> io::Result<AsyncDht> {
+        let _ = (bind, bootstrap);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this environment has no Mainline DHT",
+        ))
+    }
 }
 
 /// What node code derives from an env.

@@ -3,12 +3,13 @@
 //! randomness or writes files (`.ci/check-env` holds everything else to that).
 
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use mainline::async_dht::AsyncDht;
 use quinn::Runtime;
 use tern_proto::SecretIdentity;
 
@@ -51,6 +52,15 @@ impl Env for OsEnv {
 
     fn wall_clock(&self) -> SystemTime {
         SystemTime::now()
+    }
+
+    fn start_dht(&self, bind: Ipv4Addr, bootstrap: &[String]) -> io::Result<AsyncDht> {
+        let mut builder = mainline::Dht::builder();
+        builder.bind_address(bind);
+        if !bootstrap.is_empty() {
+            builder.bootstrap(bootstrap);
+        }
+        Ok(builder.build()?.as_async())
     }
 
     fn fill_random(&self, bytes: &mut [u8]) {

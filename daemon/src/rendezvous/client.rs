@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
+use tern_proto::dht::Reachable;
 use tern_proto::record::{MAX_ENDPOINTS, Record};
 use tern_proto::rendezvous::{Answer, MAX_MESSAGE_LEN, RENDEZVOUS_PORT, Request};
 use tern_proto::stream::StreamStatus;
@@ -186,17 +189,31 @@ impl ServerState {
     }
 }
 
-/// No record was found for a peer.
+/// Two rendezvous servers answered one name with two keys: neither is picked.
 #[derive(Debug, thiserror::Error)]
-pub enum FindError {
-    #[error(
-        "no record of {0} at this node or its rendezvous servers: is that node running and \
-         registered with the same rendezvous?"
-    )]
-    NotFound(Address),
-    #[error("could not reach {peer}: {detail}")]
-    Unanswered { peer: Address, detail: String },
+#[error(
+    "rendezvous servers disagree on the name {name}: {first_server} gives {first}, \
+     {second_server} gives {second}; find out which is meant, then `ternctl alias add` it"
+)]
+pub struct NameConflict {
+    pub name: Name,
+    pub first: Address,
+    pub first_server: String,
+    pub second: Address,
+    pub second_server: String,
 }
+
+/// Why a name's look-up at the rendezvous servers gave no record.
+#[derive(Debug, thiserror::Error)]
+pub enum NameLookupError {
+    #[error("{0}")]
+    Unanswered(String),
+    #[error(transparent)]
+    Conflict(#[from] NameConflict),
+}
+
+/// After the first answer to a name, how long the other servers get to disagree with it.
+const NAME_ANSWERS_WAIT: Duration = Duration::from_secs(1);
 
 /// The name this node claimed is held by another key at one of its rendezvous servers.
 #[derive(Debug, thiserror::Error)]
@@ -334,8 +351,13 @@ impl RendezvousClient {
 
     /// This node's signed record, claiming its name if `with_name`.
     pub fn own_record(&self, with_name: bool) -> Record {
+        self.own_record_lasting(with_name, RECORD_LIFETIME)
+    }
+
+    /// Like [`RendezvousClient::own_record`], valid for `lifetime`.
+    pub fn own_record_lasting(&self, with_name: bool, lifetime: Duration) -> Record {
         let seq = self.next_seq();
-        let expires = self.node.unix_now() + RECORD_LIFETIME.as_secs();
+        let expires = self.node.unix_now() + lifetime.as_secs();
         let name = self.own_name().filter(|_| with_name);
         Record::sign(
             self.node.secret_identity(),
@@ -364,8 +386,9 @@ impl RendezvousClient {
     }
 
     /// `target`'s record, from this node's registry or one of its rendezvous servers (which
-    /// is returned too: it can introduce us).
-    pub async fn find(&self, target: Address) -> Result<(Record, Option<Address>), FindError> {
+    /// is returned too: it can introduce us); `Err` says why the servers that could not
+    /// answer did not, when none had it.
+    pub async fn find(&self, target: Address) -> Result<Option<(Record, Option<Address>)>, String> {
         if self.resolves_through_own_registry()
             && let Some(record) = self
                 .registry
@@ -373,63 +396,13 @@ impl RendezvousClient {
                 .expect("registry lock")
                 .lookup(self.node.unix_now(), target)
         {
-            return Ok((record.clone(), None));
+            return Ok(Some((record.clone(), None)));
         }
-        match self
-            .ask_servers(|server| lookup(&self.node, server, target))
-            .await
-        {
-            Ok(Some((record, server))) => Ok((record, Some(server))),
-            Ok(None) => Err(FindError::NotFound(target)),
-            Err(detail) => Err(FindError::Unanswered {
-                peer: target,
-                detail,
-            }),
-        }
-    }
-
-    /// The live record holding `name`, from this node's registry or its rendezvous servers;
-    /// `Err` says why the servers that could not answer did not. Pins are the caller's.
-    pub async fn find_name(&self, name: &Name) -> Result<Option<Record>, String> {
-        if self.resolves_through_own_registry() {
-            let registry = self.registry.lock().expect("registry lock");
-            if let Some(record) = registry.lookup_name(self.node.unix_now(), name) {
-                return Ok(Some(record.clone()));
-            }
-        }
-        let found = self
-            .ask_servers(|server| lookup_name(&self.node, server, name))
-            .await?;
-        Ok(found.map(|(record, _)| record))
-    }
-
-    /// Asks each rendezvous in turn until one has the record; `Err` lists why the ones that
-    /// could not answer did not.
-    async fn ask_servers<F, Fut>(&self, lookup: F) -> Result<Option<(Record, Address)>, String>
-    where
-        F: Fn(Address) -> Fut,
-        Fut: Future<Output = Result<Option<Record>, RendezvousError>>,
-    {
-        let servers: Vec<(String, Option<Address>)> = self
-            .servers()
-            .iter()
-            .map(|s| (s.server.clone(), s.address))
-            .collect();
+        let mut answers = self.ask_servers(|server| lookup(&self.node, server, target));
         let mut errors = Vec::new();
-        for (spec, known) in servers {
-            // Not reached yet (the node just started, say): connect now rather than miss it.
-            let server = match known {
-                Some(server) => server,
-                None => match self.reach_server(&spec).await {
-                    Ok(server) => server,
-                    Err(e) => {
-                        errors.push(format!("rendezvous {spec}: {e}"));
-                        continue;
-                    }
-                },
-            };
-            match lookup(server).await {
-                Ok(Some(record)) => return Ok(Some((record, server))),
+        while let Some((spec, server, answer)) = answers.next().await {
+            match answer {
+                Ok(Some(record)) => return Ok(Some((record, Some(server)))),
                 Ok(None) => {}
                 Err(e) => errors.push(format!("rendezvous {spec}: {e}")),
             }
@@ -438,6 +411,114 @@ impl RendezvousClient {
             true => Ok(None),
             false => Err(errors.join("; ")),
         }
+    }
+
+    /// The live record holding `name`, from this node's registry or its rendezvous servers.
+    /// Two servers that answer with two keys are a conflict, never a pick. Pins are the
+    /// caller's.
+    pub async fn find_name(
+        &self,
+        name: &Name,
+    ) -> Result<Option<(Record, Option<Address>)>, NameLookupError> {
+        if self.resolves_through_own_registry() {
+            let registry = self.registry.lock().expect("registry lock");
+            if let Some(record) = registry.lookup_name(self.node.unix_now(), name) {
+                return Ok(Some((record.clone(), None)));
+            }
+        }
+        let mut answers = self.ask_servers(|server| lookup_name(&self.node, server, name));
+        let mut errors = Vec::new();
+        let mut first: Option<(String, Address, Record)> = None;
+        let mut until = None;
+        loop {
+            let next = match until {
+                Some(until) => match tokio::time::timeout_at(until, answers.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => answers.next().await,
+            };
+            let Some((spec, server, answer)) = next else {
+                break;
+            };
+            match answer {
+                Ok(Some(record)) => match &first {
+                    None => {
+                        until = Some(Instant::now() + NAME_ANSWERS_WAIT);
+                        first = Some((spec, server, record));
+                    }
+                    Some((first_server, _, held)) if held.address() != record.address() => {
+                        return Err(NameConflict {
+                            name: name.clone(),
+                            first: held.address(),
+                            first_server: first_server.clone(),
+                            second: record.address(),
+                            second_server: spec,
+                        }
+                        .into());
+                    }
+                    Some((_, _, held)) if record.seq > held.seq => {
+                        first = Some((spec, server, record))
+                    }
+                    Some(_) => {}
+                },
+                Ok(None) => {}
+                Err(e) => errors.push(format!("rendezvous {spec}: {e}")),
+            }
+        }
+        match (first, errors.is_empty()) {
+            (Some((_, server, record)), _) => Ok(Some((record, Some(server)))),
+            (None, true) => Ok(None),
+            (None, false) => Err(NameLookupError::Unanswered(errors.join("; "))),
+        }
+    }
+
+    /// Asks every rendezvous at once; each answer as it comes, with the server's spec and
+    /// address (a server not reached answers with why).
+    fn ask_servers<'a, F, Fut>(
+        &'a self,
+        lookup: F,
+    ) -> FuturesUnordered<
+        impl Future<Output = (String, Address, Result<Option<Record>, String>)> + 'a,
+    >
+    where
+        F: Fn(Address) -> Fut + Copy + 'a,
+        Fut: Future<Output = Result<Option<Record>, RendezvousError>> + 'a,
+    {
+        let servers: Vec<(String, Option<Address>)> = self
+            .servers()
+            .iter()
+            .map(|s| (s.server.clone(), s.address))
+            .collect();
+        servers
+            .into_iter()
+            .map(|(spec, known)| async move {
+                // Not reached yet (the node just started, say): connect now rather than miss it.
+                let server = match known {
+                    Some(server) => server,
+                    None => match self.reach_server(&spec).await {
+                        Ok(server) => server,
+                        Err(e) => return (spec, self.node.address(), Err(e)),
+                    },
+                };
+                let answer = lookup(server).await.map_err(|e| e.to_string());
+                (spec, server, answer)
+            })
+            .collect()
+    }
+
+    /// The rendezvous servers this node is registered with and reaches directly: where a
+    /// peer that found it elsewhere (the DHT) asks for an introduction and a relay.
+    pub fn reachable_through(&self) -> Vec<Reachable> {
+        self.servers()
+            .iter()
+            .filter(|s| s.registered)
+            .filter_map(|s| {
+                let server = s.address?;
+                let at = self.node.remote_of(server).filter(|at| !is_link(at))?;
+                Some(Reachable { server, at })
+            })
+            .collect()
     }
 
     /// The address of a rendezvous given as `HOST:PORT`, connecting to it unless connected:

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use tern_proto::record::Record;
 use tern_proto::{Address, Name, Target, TargetError};
 
+use crate::discovery::{Discovery, FindError, Found, Via};
 use crate::node::Node;
 use crate::rendezvous::RendezvousClient;
-use crate::rendezvous::client::{FindError, NameHeld};
+use crate::rendezvous::client::{NameConflict, NameHeld, NameLookupError};
 use crate::store::{Document, StoreError};
 
 pub const NAMES_FILE: &str = "names.json";
@@ -94,6 +95,8 @@ pub enum NameError {
     #[error(transparent)]
     Pinned(#[from] PinMismatch),
     #[error(transparent)]
+    Conflict(#[from] NameConflict),
+    #[error(transparent)]
     Held(#[from] NameHeld),
     #[error("no alias {0}; `ternctl alias list` shows them")]
     NoAlias(Name),
@@ -108,14 +111,21 @@ pub enum NameError {
 pub struct Names {
     node: Node,
     rendezvous: Arc<RendezvousClient>,
+    discovery: Arc<Discovery>,
     book: Document<NameBook>,
 }
 
 impl Names {
-    pub fn new(node: Node, rendezvous: Arc<RendezvousClient>, book: Document<NameBook>) -> Self {
+    pub fn new(
+        node: Node,
+        rendezvous: Arc<RendezvousClient>,
+        discovery: Arc<Discovery>,
+        book: Document<NameBook>,
+    ) -> Self {
         Self {
             node,
             rendezvous,
+            discovery,
             book,
         }
     }
@@ -128,20 +138,20 @@ impl Names {
             Target::Address(address) => Ok(address),
             Target::Name(name) => match self.alias(&name) {
                 Some(address) => Ok(address),
-                None => Ok(self.find_name(&name).await?.0.address()),
+                None => Ok(self.find_name(&name).await?.0.record.address()),
             },
         }
     }
 
     /// What `ternctl find` shows: the target's verified record, where it came from (`via`:
-    /// a rendezvous) and how the TARGET was resolved (`resolved`: address, alias, pinned or
-    /// name).
+    /// "rendezvous" or "dht") and how the TARGET was resolved (`resolved`: address, alias,
+    /// pinned or name).
     pub async fn find_target(&self, target: &str) -> Result<Value, NameError> {
         let parsed = target.parse::<Target>()?;
-        let (record, resolved) = match &parsed {
-            Target::Address(address) => (self.rendezvous.find(*address).await?.0, "address"),
+        let (Found { record, via }, resolved) = match &parsed {
+            Target::Address(address) => (self.discovery.find(*address).await?, "address"),
             Target::Name(name) => match self.alias(name) {
-                Some(address) => (self.rendezvous.find(address).await?.0, "alias"),
+                Some(address) => (self.discovery.find(address).await?, "alias"),
                 None => self.find_name(name).await?,
             },
         };
@@ -152,7 +162,7 @@ impl Names {
             "name": record.name,
             "endpoints": record.endpoints,
             "expires": record.expires,
-            "via": "rendezvous",
+            "via": via.label(),
             "resolved": resolved,
         }))
     }
@@ -162,27 +172,36 @@ impl Names {
     }
 
     /// The live record for `name` and how it was found: through the key pinned for it
-    /// ("pinned"), else the record holding the name at this node's rendezvous servers
-    /// ("name"), checked against (or else pinned as) the key this node saw for it first.
-    /// The pinned key comes first, so no rendezvous can move a name once it was seen.
-    async fn find_name(&self, name: &Name) -> Result<(Record, &'static str), NameError> {
+    /// ("pinned": at the rendezvous servers, else in the DHT under that key), else the record
+    /// holding the name at this node's rendezvous servers ("name"), checked against (or else
+    /// pinned as) the key this node saw for it first. The pinned key comes first, so no
+    /// rendezvous can move a name once it was seen.
+    async fn find_name(&self, name: &Name) -> Result<(Found, &'static str), NameError> {
         if let Some(pin) = self.book.read(|book| book.pinned.get(name).cloned()) {
-            match self.rendezvous.find(pin.address).await {
-                Ok((record, _))
-                    if hex::encode(record.identity.key_bytes()) == pin.public_key
-                        && record.name.as_ref() == Some(name) =>
-                {
-                    return Ok((record, "pinned"));
+            let key = hex::decode(&pin.public_key)
+                .ok()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok());
+            if let Some(key) = key {
+                match self.discovery.find_pinned(pin.address, key).await {
+                    Ok(found)
+                        if found.record.identity.key_bytes() == key
+                            && found.record.name.as_ref() == Some(name) =>
+                    {
+                        return Ok((found, "pinned"));
+                    }
+                    // Gone, unreachable, or it gave the name up: the name's holder now tells
+                    // whether it moved (a pin mismatch) or not.
+                    Ok(_) | Err(_) => {}
                 }
-                // Gone, unreachable, or it gave the name up: the name's holder now tells
-                // whether it moved (a pin mismatch) or not.
-                Ok(_) | Err(_) => {}
             }
         }
-        let record = match self.rendezvous.find_name(name).await {
-            Ok(Some(record)) => record,
+        let (record, server) = match self.rendezvous.find_name(name).await {
+            Ok(Some(found)) => found,
             Ok(None) => return Err(NameError::NotFound(name.clone())),
-            Err(detail) => return Err(NameError::Unresolved(name.clone(), detail)),
+            Err(NameLookupError::Conflict(conflict)) => return Err(conflict.into()),
+            Err(NameLookupError::Unanswered(detail)) => {
+                return Err(NameError::Unresolved(name.clone(), detail));
+            }
         };
         let now = self.node.unix_now();
         if let Some(pin) = self.book.read(|book| book.check_pin(name, &record, now))? {
@@ -194,7 +213,8 @@ impl Names {
             self.book.read(|book| book.check_pin(name, &record, now))?;
             tracing::info!(%name, %address, "name pinned");
         }
-        Ok((record, "name"))
+        let via = server.map_or(Via::Registry, Via::Rendezvous);
+        Ok((Found { record, via }, "name"))
     }
 
     pub fn own(&self) -> Option<Name> {

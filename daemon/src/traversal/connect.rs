@@ -1,5 +1,5 @@
 //! Making a connection to a peer: the shell of the [`Race`] machine, which finds the peer
-//! through the rendezvous client, punches and relays at once, and hands the winner's path to
+//! (through the rendezvous servers or the DHT), punches and relays at once, and hands the winner's path to
 //! a path monitor ([`super::run`]).
 
 use std::collections::HashSet;
@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tern_proto::Address;
+use tern_proto::dht::Reachable;
 use tern_proto::record::Record;
 use tokio::time::Instant;
 
 use super::race::{self, Connected, PUNCH_HEAD_START, Race};
 use super::{Path, punch, run};
+use crate::discovery::{Discovery, FindError, Found, Via};
 use crate::node::{DialError, Node};
 use crate::rendezvous::RendezvousClient;
-use crate::rendezvous::client::FindError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -25,18 +26,24 @@ pub enum ConnectError {
     Unreachable { peer: Address, detail: String },
 }
 
+/// How long the endpoints of a peer found in the DHT are dialled plainly before its
+/// announced rendezvous is used to punch and relay.
+const DHT_PLAIN_FIRST: Duration = Duration::from_millis(500);
+
 pub struct Connector {
     node: Node,
     rendezvous: Arc<RendezvousClient>,
+    discovery: Arc<Discovery>,
     /// Peers whose connection a path monitor watches.
     monitored: Arc<Mutex<HashSet<Address>>>,
 }
 
 impl Connector {
-    pub fn new(node: Node, rendezvous: Arc<RendezvousClient>) -> Self {
+    pub fn new(node: Node, rendezvous: Arc<RendezvousClient>, discovery: Arc<Discovery>) -> Self {
         Self {
             node,
             rendezvous,
+            discovery,
             monitored: Arc::default(),
         }
     }
@@ -49,7 +56,8 @@ impl Connector {
     /// two round trips to the rendezvous; after that the first path up carries the first
     /// byte, and [`run`] moves the connection to the direct path if punching works later, and
     /// back to the relay if the direct path fails. A target in this node's own registry (we
-    /// are its rendezvous) is dialled at its endpoints.
+    /// are its rendezvous) is dialled at its endpoints. A target found in the DHT is raced
+    /// the same way through the first rendezvous it announced that answers.
     pub async fn connect(&self, target: Address) -> Result<(), ConnectError> {
         if target == self.node.address() {
             return Err(ConnectError::Unreachable {
@@ -60,8 +68,20 @@ impl Connector {
         if self.node.is_connected(target) {
             return Ok(());
         }
-        let (record, via) = self.rendezvous.find(target).await?;
+        let Found { record, via } = self.discovery.find(target).await?;
         self.node.learn(&record.identity);
+        let via = match via {
+            Via::Registry => None,
+            Via::Rendezvous(server) => Some(server),
+            Via::Dht(announced) => {
+                // A public node (or one on this LAN) needs no rendezvous: try it at once.
+                let plain = self.dial_endpoints(target, &record.endpoints);
+                if let Ok(Ok(())) = tokio::time::timeout(DHT_PLAIN_FIRST, plain).await {
+                    return Ok(());
+                }
+                self.reach_announced(target, &announced).await
+            }
+        };
         // The rendezvous that introduces us also relays, when this node reaches it directly.
         let rendezvous = via.and_then(|server| Some((server, self.node.remote_of(server)?)));
         let head_start = rendezvous
@@ -151,6 +171,23 @@ impl Connector {
                 }
             }
         }
+    }
+
+    /// Connects to the first rendezvous `target` announced in the DHT that answers (with the
+    /// key it announced), to be introduced and relayed through it.
+    async fn reach_announced(&self, target: Address, announced: &[Reachable]) -> Option<Address> {
+        for r in announced {
+            if r.server == self.node.address() {
+                continue;
+            }
+            match self.node.connect(r.server, r.at).await {
+                Ok(()) => return Some(r.server),
+                Err(e) => {
+                    tracing::debug!(peer = %target, server = %r.server, error = %e, "announced rendezvous unreachable")
+                }
+            }
+        }
+        None
     }
 
     /// Plain dials to each endpoint in turn; what each failure was, if none answered.
