@@ -24,6 +24,8 @@ use crate::rendezvous::RendezvousClient;
 pub const DHT_RECORD_LIFETIME: Duration = Duration::from_secs(3600);
 /// Republished this often even when nothing changed (well within the lifetime).
 const REPUBLISH: Duration = Duration::from_secs(1200);
+/// After the first verified answer to a look-up, how long later answers may bring a newer one.
+const ANSWERS_GRACE: Duration = Duration::from_millis(250);
 /// How often the node looks whether its endpoints or rendezvous servers changed.
 const WATCH: Duration = Duration::from_secs(2);
 
@@ -77,6 +79,19 @@ impl Dht {
         self.state.lock().expect("dht state lock")
     }
 
+    /// This node's announcement as of now: its record, valid for [`DHT_RECORD_LIFETIME`],
+    /// and the rendezvous servers it is reached through (at most [`MAX_RENDEZVOUS`] kept).
+    pub fn announcement(
+        &self,
+        rendezvous: &RendezvousClient,
+        through: &[Reachable],
+    ) -> Announcement {
+        let record = rendezvous.own_record_lasting(true, DHT_RECORD_LIFETIME);
+        let through = &through[..through.len().min(MAX_RENDEZVOUS)];
+        Announcement::sign(self.node.secret_identity(), record, through)
+            .expect("rendezvous servers are truncated to the maximum")
+    }
+
     /// Puts `announcement` under this node's key and under its address index; fails only
     /// when no DHT node stored either.
     pub async fn publish(&self, announcement: &Announcement) -> Result<(), String> {
@@ -128,8 +143,10 @@ impl Dht {
             .await
     }
 
-    /// Reads every value the DHT holds at (`key`, `salt`) and keeps the newest that decodes,
-    /// verifies, is `wanted`, and has not expired; the rest are refused and counted.
+    /// Reads the values the DHT holds at (`key`, `salt`) and keeps the newest that decodes,
+    /// verifies, is `wanted`, and has not expired; the rest are refused and counted. Once one
+    /// verifies, the others get [`ANSWERS_GRACE`] to bring a newer one (a query runs on until
+    /// its slowest node times out, seconds later).
     async fn newest(
         &self,
         key: &[u8; 32],
@@ -139,13 +156,23 @@ impl Dht {
         let mut items = self.dht.get_mutable(key, Some(salt), None);
         let mut seen = HashSet::new();
         let mut best: Option<Announcement> = None;
-        while let Some(item) = items.next().await {
+        let mut until = None;
+        loop {
+            let item = match until {
+                None => items.next().await,
+                Some(until) => match tokio::time::timeout_at(until, items.next()).await {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+            };
+            let Some(item) = item else { break };
             if !seen.insert(item.value().to_vec()) {
                 continue;
             }
             let now = self.node.unix_now();
             match Announcement::decode(item.value()) {
                 Ok(a) if wanted(&a) && a.record.is_live(now) => {
+                    until.get_or_insert(tokio::time::Instant::now() + ANSWERS_GRACE);
                     if best.as_ref().is_none_or(|b| a.record.seq > b.record.seq) {
                         best = Some(a);
                     }
@@ -216,14 +243,10 @@ pub async fn keep_published(dht: Weak<Dht>, rendezvous: Weak<RendezvousClient>) 
             return;
         };
         d.look().await;
-        let mut reachable = r.reachable_through();
-        reachable.truncate(MAX_RENDEZVOUS);
-        let now_view = (r.endpoints(), reachable);
+        let now_view = (r.endpoints(), r.reachable_through());
         let now = tokio::time::Instant::now();
         if published.as_ref() != Some(&now_view) || now >= due {
-            let record = r.own_record_lasting(true, DHT_RECORD_LIFETIME);
-            let signed = Announcement::sign(d.node.secret_identity(), record, &now_view.1)
-                .expect("rendezvous servers are truncated to the maximum");
+            let signed = d.announcement(&r, &now_view.1);
             due = match d.publish(&signed).await {
                 Ok(()) => {
                     tracing::info!(endpoints = ?now_view.0, "published in the DHT");

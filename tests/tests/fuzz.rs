@@ -277,6 +277,19 @@ fn endpoint_records() {
 }
 
 #[test]
+fn dht_announcements() {
+    let server = tern_proto::dht::Reachable {
+        server: ids().1.address(),
+        at: "203.0.113.1:7440".parse().unwrap(),
+    };
+    let announcement =
+        tern_proto::dht::Announcement::sign(&ids().0, a_record(), &[server]).unwrap();
+    fuzz("dht", vec![announcement.as_bytes().to_vec()], |bytes| {
+        let _ = tern_proto::dht::Announcement::decode(bytes);
+    });
+}
+
+#[test]
 fn rendezvous_messages() {
     use rendezvous::{Answer, Request};
     let seeds = vec![

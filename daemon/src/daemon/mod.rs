@@ -219,6 +219,11 @@ impl Daemon {
         &self.rendezvous
     }
 
+    /// The Mainline DHT, when this node runs with it.
+    pub fn dht(&self) -> Option<&Arc<Dht>> {
+        self.discovery.dht()
+    }
+
     pub fn connector(&self) -> &Connector {
         &self.connector
     }

@@ -36,6 +36,9 @@ impl ProbeBudget {
 
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an unanswered ping is sent again (probes and path checks wait less than this, so
+/// they send one each).
+const PING_RESEND: Duration = Duration::from_millis(1500);
 
 /// Forgets a ping's id however the wait for its pong ends: answered, timed out, or cancelled
 /// (a path check dropped with its connection), so pending pings cannot pile up.
@@ -189,7 +192,7 @@ impl Node {
         timeout: Duration,
     ) -> Result<Duration, ProbeError> {
         let shared = &self.shared;
-        let (packet, to, txid, answer) = {
+        let (keys, to, txid, answer) = {
             let mut state = shared.state();
             let keys = state
                 .known
@@ -215,23 +218,30 @@ impl Node {
             let txid = shared.env.random_u64();
             let (answer, rx) = oneshot::channel();
             state.pings.insert(txid, PendingPing { peer, answer });
-            let counter = shared.next_counter();
-            (
-                keys.seal(counter, &ControlMessage::Ping { txid }),
-                to,
-                txid,
-                rx,
-            )
+            (keys, to, txid, rx)
         };
         let _forget = ForgetPing { shared, txid };
         let started = Instant::now();
         with_timeout(timeout, async {
-            shared
-                .socket
-                .send_raw(to, &packet)
-                .await
-                .map_err(ProbeError::Send)?;
-            answer.await.map_err(|_| ProbeError::ShuttingDown)
+            // Sent again while unanswered: a datagram can be lost, and a peer that has just
+            // accepted our connection may not know our key for a moment.
+            let mut resend = tokio::time::interval(PING_RESEND);
+            tokio::pin!(answer);
+            loop {
+                tokio::select! {
+                    answered = &mut answer => {
+                        return answered.map_err(|_| ProbeError::ShuttingDown);
+                    }
+                    _ = resend.tick() => {
+                        let packet = keys.seal(shared.next_counter(), &ControlMessage::Ping { txid });
+                        shared
+                            .socket
+                            .send_raw(to, &packet)
+                            .await
+                            .map_err(ProbeError::Send)?;
+                    }
+                }
+            }
         })
         .await
         .map(|_| started.elapsed())

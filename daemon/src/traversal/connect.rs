@@ -26,10 +26,6 @@ pub enum ConnectError {
     Unreachable { peer: Address, detail: String },
 }
 
-/// How long the endpoints of a peer found in the DHT are dialled plainly before its
-/// announced rendezvous is used to punch and relay.
-const DHT_PLAIN_FIRST: Duration = Duration::from_millis(500);
-
 pub struct Connector {
     node: Node,
     rendezvous: Arc<RendezvousClient>,
@@ -70,18 +66,40 @@ impl Connector {
         }
         let Found { record, via } = self.discovery.find(target).await?;
         self.node.learn(&record.identity);
-        let via = match via {
-            Via::Registry => None,
-            Via::Rendezvous(server) => Some(server),
+        match via {
+            Via::Registry => self.race(target, &record, None).await,
+            Via::Rendezvous(server) => self.race(target, &record, Some(server)).await,
             Via::Dht(announced) => {
-                // A public node (or one on this LAN) needs no rendezvous: try it at once.
+                // A public node (or one on this LAN) needs no rendezvous: dial it plainly
+                // while racing through the rendezvous it announced.
                 let plain = self.dial_endpoints(target, &record.endpoints);
-                if let Ok(Ok(())) = tokio::time::timeout(DHT_PLAIN_FIRST, plain).await {
-                    return Ok(());
+                let through = async {
+                    let server = self.reach_announced(target, &announced).await;
+                    self.race(target, &record, server).await
+                };
+                tokio::pin!(plain, through);
+                tokio::select! {
+                    dialled = &mut plain => match dialled {
+                        Ok(()) => Ok(()),
+                        Err(_) => through.await,
+                    },
+                    raced = &mut through => match raced {
+                        Ok(()) => Ok(()),
+                        Err(e) => plain.await.map_err(|_| e),
+                    },
                 }
-                self.reach_announced(target, &announced).await
             }
-        };
+        }
+    }
+
+    /// Races punching and the relay through `via` (or, without one, dials the record's
+    /// endpoints), and starts the path monitor on the winner.
+    async fn race(
+        &self,
+        target: Address,
+        record: &Record,
+        via: Option<Address>,
+    ) -> Result<(), ConnectError> {
         // The rendezvous that introduces us also relays, when this node reaches it directly.
         let rendezvous = via.and_then(|server| Some((server, self.node.remote_of(server)?)));
         let head_start = rendezvous
@@ -141,7 +159,7 @@ impl Connector {
                         }
                         Connected::Plain => return Ok(()),
                     };
-                    self.monitor(target, relay, server, &record, path);
+                    self.monitor(target, relay, server, record, path);
                     return Ok(());
                 }
                 (race::Outcome::Connected(_), None) => return Ok(()),

@@ -9,8 +9,15 @@ use tokio::time::Instant;
 
 use super::Path;
 
-/// How often a direct path is checked with a sealed ping, and how long each check waits.
+/// How often a new or doubted direct path is checked with a sealed ping, and how long each
+/// check waits.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a path that answered [`STEADY_AFTER`] checks in a row is checked: a node with
+/// thousands of connections would otherwise spend its time pinging them. One miss brings the
+/// path back to [`CHECK_INTERVAL`], so a dead path is left within this plus
+/// [`MAX_MISSES`] checks.
+pub const STEADY_INTERVAL: Duration = Duration::from_secs(5);
+pub const STEADY_AFTER: u32 = 5;
 /// Checks missed in a row before the direct path counts as gone.
 pub const MAX_MISSES: u32 = 3;
 /// The first retry of the direct path after falling back to the relay, doubling up to
@@ -33,6 +40,8 @@ pub enum Action {
 pub struct PathMonitor {
     path: Path,
     misses: u32,
+    /// Checks answered in a row.
+    answered: u32,
     next_at: Instant,
     retry: Duration,
 }
@@ -44,6 +53,7 @@ impl PathMonitor {
         Self {
             path,
             misses: 0,
+            answered: 0,
             next_at: match path {
                 Path::Direct(_) => now + CHECK_INTERVAL,
                 Path::Relay => now,
@@ -68,11 +78,18 @@ impl PathMonitor {
 
     /// A check of the direct path ended. Returns the new path when it changes.
     pub fn on_check(&mut self, answered: bool, now: Instant) -> Option<Path> {
-        self.next_at = now + CHECK_INTERVAL;
         if answered {
             self.misses = 0;
+            self.answered = self.answered.saturating_add(1);
+            self.next_at = now
+                + match self.answered >= STEADY_AFTER {
+                    true => STEADY_INTERVAL,
+                    false => CHECK_INTERVAL,
+                };
             return None;
         }
+        self.next_at = now + CHECK_INTERVAL;
+        self.answered = 0;
         self.misses += 1;
         if self.misses < MAX_MISSES {
             return None;
@@ -90,6 +107,7 @@ impl PathMonitor {
             Some(endpoint) => {
                 self.path = Path::Direct(endpoint);
                 self.misses = 0;
+                self.answered = 0;
                 self.next_at = now + CHECK_INTERVAL;
                 Some(self.path)
             }
@@ -147,5 +165,25 @@ mod tests {
         assert_eq!(m.path(), Path::Relay);
         assert_eq!(m.poll(t0), Action::WaitUntil(t0 + FIRST_RETRY));
         assert_eq!(m.poll(t0 + FIRST_RETRY), Action::Punch);
+    }
+
+    #[test]
+    fn a_path_that_keeps_answering_is_checked_less_often_until_one_check_is_missed() {
+        let t0 = Instant::now();
+        let mut m = PathMonitor::new(t0, Path::Direct(endpoint()));
+        for _ in 1..STEADY_AFTER {
+            m.on_check(true, t0);
+            assert_eq!(m.poll(t0), Action::WaitUntil(t0 + CHECK_INTERVAL));
+        }
+        m.on_check(true, t0);
+        assert_eq!(m.poll(t0), Action::WaitUntil(t0 + STEADY_INTERVAL));
+        assert_eq!(m.on_check(false, t0), None);
+        assert_eq!(m.poll(t0), Action::WaitUntil(t0 + CHECK_INTERVAL));
+        m.on_check(true, t0);
+        assert_eq!(
+            m.poll(t0),
+            Action::WaitUntil(t0 + CHECK_INTERVAL),
+            "doubted again"
+        );
     }
 }
