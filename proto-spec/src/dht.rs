@@ -20,7 +20,7 @@
 
 use crate::address::Address;
 use crate::record::{MAX_RECORD_LEN, Record, RecordError};
-use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
+use crate::wire::{DecodeError, Reader, put_socket_addr, read_signature, read_socket_addr};
 use ed25519_dalek::{Signature, Signer, Verifier};
 use std::net::SocketAddr;
 
@@ -93,14 +93,7 @@ impl Announcement {
     /// signature by the record's key.
     pub fn decode(bytes: &[u8]) -> Result<Self, AnnouncementError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("announcement version")?;
-        if version != VERSION {
-            return Err(DecodeError::Invalid {
-                what: "announcement version",
-                detail: format!("{version}"),
-            }
-            .into());
-        }
+        r.version("announcement version", VERSION)?;
         let len = r.u16("record length")? as usize;
         if len > MAX_RECORD_LEN {
             return Err(DecodeError::Invalid {
@@ -122,13 +115,12 @@ impl Announcement {
                 })
             })
             .collect::<Result<Vec<_>, DecodeError>>()?;
-        let body_len = bytes.len() - r.rest_len();
-        let signature = Signature::from_bytes(&r.array("signature")?);
-        r.finish("announcement")?;
+        let (body, signature) = read_signature(bytes, r, "announcement")?;
+        let signature = Signature::from_bytes(&signature);
         record
             .identity
             .key()
-            .verify(&signed_message(&bytes[..body_len]), &signature)
+            .verify(&signed_message(body), &signature)
             .map_err(|_| AnnouncementError::BadSignature)?;
         Ok(Self {
             record,

@@ -11,7 +11,7 @@
 use crate::address::Address;
 use crate::identity::{IdentityError, PublicIdentity, SecretIdentity};
 use crate::name::{Name, put_name, read_name};
-use crate::wire::{DecodeError, Reader, put_socket_addr, read_socket_addr};
+use crate::wire::{DecodeError, Reader, put_socket_addr, read_signature, read_socket_addr};
 use ed25519_dalek::{Signature, Signer, Verifier};
 use std::net::SocketAddr;
 
@@ -83,14 +83,7 @@ impl Record {
     /// Decodes and verifies: work condition, then signature.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("record version")?;
-        if version != VERSION {
-            return Err(DecodeError::Invalid {
-                what: "record version",
-                detail: format!("{version}"),
-            }
-            .into());
-        }
+        r.version("record version", VERSION)?;
         let key: [u8; 32] = r.array("public key")?;
         let nonce = r.u64("work nonce")?;
         let seq = r.u64("seq")?;
@@ -103,13 +96,12 @@ impl Record {
             .map(|_| read_socket_addr(&mut r))
             .collect::<Result<Vec<_>, _>>()?;
         let name = read_name(&mut r)?;
-        let body_len = bytes.len() - r.rest_len();
-        let signature = Signature::from_bytes(&r.array("signature")?);
-        r.finish("record")?;
+        let (body, signature) = read_signature(bytes, r, "record")?;
+        let signature = Signature::from_bytes(&signature);
         let identity = PublicIdentity::verify(key, nonce)?;
         identity
             .key()
-            .verify(&signed_message(&bytes[..body_len]), &signature)
+            .verify(&signed_message(body), &signature)
             .map_err(|_| RecordError::BadSignature)?;
         Ok(Self {
             identity,

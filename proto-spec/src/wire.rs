@@ -80,6 +80,17 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array(what)?))
     }
 
+    /// A version byte, which must be `expected`.
+    pub fn version(&mut self, what: &'static str, expected: u8) -> Result<(), DecodeError> {
+        match self.u8(what)? {
+            version if version == expected => Ok(()),
+            version => Err(DecodeError::Invalid {
+                what,
+                detail: format!("{version} (expected {expected})"),
+            }),
+        }
+    }
+
     pub fn rest_len(&self) -> usize {
         self.bytes.len()
     }
@@ -99,6 +110,19 @@ impl<'a> Reader<'a> {
             extra => Err(DecodeError::TrailingBytes { what, extra }),
         }
     }
+}
+
+/// For a message of `bytes` that ends in an Ed25519 signature, once `r` has read up to it:
+/// the body the signature covers, and the signature. Nothing may follow it.
+pub fn read_signature<'a>(
+    bytes: &'a [u8],
+    mut r: Reader<'a>,
+    what: &'static str,
+) -> Result<(&'a [u8], [u8; 64]), DecodeError> {
+    let body_len = bytes.len() - r.rest_len();
+    let signature = r.array("signature")?;
+    r.finish(what)?;
+    Ok((&bytes[..body_len], signature))
 }
 
 /// Socket address: family (4 or 6), the IP (4 or 16 bytes), port (u16). 7 or 19 bytes.

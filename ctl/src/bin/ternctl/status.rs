@@ -23,8 +23,29 @@ pub async fn status(client: &Client) -> Result<Report, Failure> {
             })
             .unwrap_or_default(),
     };
+    let dht = &data["dht"];
+    let dht = match dht {
+        serde_json::Value::String(off) => off.clone(),
+        serde_json::Value::Null => "?".into(),
+        _ => format!(
+            "{} nodes in the routing table, last published {}{}{}",
+            dht["routing_table"],
+            match dht["last_publish"].as_u64() {
+                Some(at) => format!("at {at} (Unix s)"),
+                None => "never".into(),
+            },
+            match dht["refused"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(", {n} values refused"),
+            },
+            match dht["last_error"].as_str() {
+                Some(e) => format!("; last error: {e}"),
+                None => String::new(),
+            },
+        ),
+    };
     let text = format!(
-        "address     {}\nlisten      {}\nendpoints   {}\nrendezvous  {rendezvous} (registered: {registered})\npeers       {}",
+        "address     {}\nlisten      {}\nendpoints   {}\nrendezvous  {rendezvous} (registered: {registered})\ndht         {dht}\npeers       {}",
         data["address"].as_str().unwrap_or("?"),
         data["listen"].as_str().unwrap_or("?"),
         data["endpoints"]
