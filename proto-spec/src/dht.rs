@@ -21,7 +21,6 @@
 use crate::address::Address;
 use crate::record::{MAX_RECORD_LEN, Record, RecordError};
 use crate::wire::{DecodeError, Reader, put_socket_addr, read_signature, read_socket_addr};
-use ed25519_dalek::{Signature, Signer, Verifier};
 use std::net::SocketAddr;
 
 const SIGNING_CONTEXT: &[u8] = b"tern 2026-12 dht announcement v1";
@@ -80,8 +79,7 @@ impl Announcement {
             bytes.extend_from_slice(&r.server.to_bytes());
             put_socket_addr(&mut bytes, r.at);
         }
-        let signature = me.signing_key().sign(&signed_message(&bytes));
-        bytes.extend_from_slice(&signature.to_bytes());
+        bytes.extend_from_slice(&me.sign(SIGNING_CONTEXT, &bytes));
         Ok(Self {
             record,
             rendezvous: rendezvous.to_vec(),
@@ -116,12 +114,9 @@ impl Announcement {
             })
             .collect::<Result<Vec<_>, DecodeError>>()?;
         let (body, signature) = read_signature(bytes, r, "announcement")?;
-        let signature = Signature::from_bytes(&signature);
-        record
-            .identity
-            .key()
-            .verify(&signed_message(body), &signature)
-            .map_err(|_| AnnouncementError::BadSignature)?;
+        if !record.identity.signed(SIGNING_CONTEXT, body, &signature) {
+            return Err(AnnouncementError::BadSignature);
+        }
         Ok(Self {
             record,
             rendezvous,
@@ -137,10 +132,6 @@ impl Announcement {
 /// The Ed25519 seed of `address`'s index key in the DHT: public to all, by design.
 pub fn address_index_seed(address: Address) -> [u8; 32] {
     blake3::derive_key(ADDRESS_INDEX_CONTEXT, &address.to_bytes())
-}
-
-fn signed_message(body: &[u8]) -> Vec<u8> {
-    [SIGNING_CONTEXT, body].concat()
 }
 
 #[cfg(test)]

@@ -115,6 +115,16 @@ impl PublicIdentity {
         self.nonce
     }
 
+    /// Whether `signature` is this key's over `context || body` (each signed format has its
+    /// own context, so no signature can be replayed as another format's).
+    pub fn signed(&self, context: &[u8], body: &[u8], signature: &[u8; 64]) -> bool {
+        use ed25519_dalek::Verifier;
+        let message = [context, body].concat();
+        self.key
+            .verify(&message, &ed25519_dalek::Signature::from_bytes(signature))
+            .is_ok()
+    }
+
     /// Refuses unless this identity's address is `expected`.
     pub fn check_address(&self, expected: Address) -> Result<(), IdentityError> {
         if self.address == expected {
@@ -188,6 +198,12 @@ impl SecretIdentity {
         let public = PublicIdentity::verify(signing.verifying_key().to_bytes(), nonce)
             .expect("a searched nonce meets the work condition");
         Self { signing, public }
+    }
+
+    /// The signature over `context || body` that [`PublicIdentity::signed`] checks.
+    pub fn sign(&self, context: &[u8], body: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.signing.sign(&[context, body].concat()).to_bytes()
     }
 
     pub fn signing_key(&self) -> &SigningKey {

@@ -12,7 +12,6 @@ use crate::address::Address;
 use crate::identity::{IdentityError, PublicIdentity, SecretIdentity};
 use crate::name::{Name, put_name, read_name};
 use crate::wire::{DecodeError, Reader, put_socket_addr, read_signature, read_socket_addr};
-use ed25519_dalek::{Signature, Signer, Verifier};
 use std::net::SocketAddr;
 
 const SIGNING_CONTEXT: &[u8] = b"tern 2026-11 endpoint record v1";
@@ -68,8 +67,7 @@ impl Record {
             put_socket_addr(&mut bytes, *e);
         }
         put_name(&mut bytes, name);
-        let signature = me.signing_key().sign(&signed_message(&bytes));
-        bytes.extend_from_slice(&signature.to_bytes());
+        bytes.extend_from_slice(&me.sign(SIGNING_CONTEXT, &bytes));
         Ok(Self {
             identity: *public,
             endpoints: endpoints.to_vec(),
@@ -97,12 +95,10 @@ impl Record {
             .collect::<Result<Vec<_>, _>>()?;
         let name = read_name(&mut r)?;
         let (body, signature) = read_signature(bytes, r, "record")?;
-        let signature = Signature::from_bytes(&signature);
         let identity = PublicIdentity::verify(key, nonce)?;
-        identity
-            .key()
-            .verify(&signed_message(body), &signature)
-            .map_err(|_| RecordError::BadSignature)?;
+        if !identity.signed(SIGNING_CONTEXT, body, &signature) {
+            return Err(RecordError::BadSignature);
+        }
         Ok(Self {
             identity,
             endpoints,
@@ -124,10 +120,6 @@ impl Record {
     pub fn is_live(&self, now_unix: u64) -> bool {
         now_unix < self.expires
     }
-}
-
-fn signed_message(body: &[u8]) -> Vec<u8> {
-    [SIGNING_CONTEXT, body].concat()
 }
 
 #[cfg(test)]

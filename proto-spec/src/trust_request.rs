@@ -19,7 +19,6 @@
 use crate::address::Address;
 use crate::identity::{IdentityError, PublicIdentity, SecretIdentity};
 use crate::wire::{DecodeError, Reader, put_reason, read_reason};
-use ed25519_dalek::{Signature, Signer, Verifier};
 
 pub const TRUST_REQUEST_PORT: u16 = 2;
 pub const MAX_REASON_LEN: usize = 500;
@@ -66,8 +65,7 @@ impl SignedRequest {
         bytes.extend_from_slice(&sent.to_be_bytes());
         bytes.extend_from_slice(&(reason.len() as u16).to_be_bytes());
         bytes.extend_from_slice(reason.as_bytes());
-        let signature = me.signing_key().sign(&signed_message(&bytes));
-        bytes.extend_from_slice(&signature.to_bytes());
+        bytes.extend_from_slice(&me.sign(SIGNING_CONTEXT, &bytes));
         Ok(Self {
             from,
             to,
@@ -108,11 +106,11 @@ fn read_signed(r: &mut Reader<'_>) -> Result<SignedRequest, TrustRequestError> {
         })?
         .to_owned();
     let body_len = start - r.rest_len();
-    let signature = Signature::from_bytes(&r.array("signature")?);
+    let signature = r.array("signature")?;
     let from = PublicIdentity::verify(key, nonce)?;
-    from.key()
-        .verify(&signed_message(&whole[..body_len]), &signature)
-        .map_err(|_| TrustRequestError::BadSignature)?;
+    if !from.signed(SIGNING_CONTEXT, &whole[..body_len], &signature) {
+        return Err(TrustRequestError::BadSignature);
+    }
     Ok(SignedRequest {
         from,
         to,
@@ -120,10 +118,6 @@ fn read_signed(r: &mut Reader<'_>) -> Result<SignedRequest, TrustRequestError> {
         reason,
         bytes: whole[..body_len + 64].to_vec(),
     })
-}
-
-fn signed_message(body: &[u8]) -> Vec<u8> {
-    [SIGNING_CONTEXT, body].concat()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
