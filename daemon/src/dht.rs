@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use mainline::async_dht::AsyncDht;
 use mainline::{MutableItem, SigningKey};
 use serde_json::{Value, json};
@@ -16,6 +15,7 @@ use tern_proto::dht::{
     ADDRESS_SALT, Announcement, MAX_RENDEZVOUS, RECORD_SALT, Reachable, address_index_seed,
 };
 
+use crate::discovery::next_before;
 use crate::node::Node;
 use crate::rendezvous::RendezvousClient;
 
@@ -157,15 +157,7 @@ impl Dht {
         let mut seen = HashSet::new();
         let mut best: Option<Announcement> = None;
         let mut until = None;
-        loop {
-            let item = match until {
-                None => items.next().await,
-                Some(until) => match tokio::time::timeout_at(until, items.next()).await {
-                    Ok(item) => item,
-                    Err(_) => break,
-                },
-            };
-            let Some(item) = item else { break };
+        while let Some(item) = next_before(&mut items, until).await {
             if !seen.insert(item.value().to_vec()) {
                 continue;
             }

@@ -52,6 +52,21 @@ impl Via {
     }
 }
 
+/// The next item of `stream`, unless `until` passes first (None then, as at its end): for
+/// look-ups that give later answers a short while to improve on the first.
+pub(crate) async fn next_before<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    until: Option<Instant>,
+) -> Option<S::Item> {
+    match until {
+        None => stream.next().await,
+        Some(until) => tokio::time::timeout_at(until, stream.next())
+            .await
+            .ok()
+            .flatten(),
+    }
+}
+
 pub struct Found {
     pub record: Record,
     pub via: Via,
@@ -115,30 +130,23 @@ impl Discovery {
         let mut sources = self.order.iter();
         let mut errors = Vec::new();
         loop {
-            let next_due = Instant::now() + HEAD_START;
-            let answer = match sources.len() {
-                0 => match asking.next().await {
-                    Some(answer) => answer,
+            if asking.is_empty() {
+                match sources.next() {
+                    Some(&source) => asking.push(self.ask(source, target, key)),
                     None => break,
-                },
-                _ if asking.is_empty() => {
-                    let source = *sources.next().expect("a source is left");
-                    asking.push(self.ask(source, target, key));
-                    continue;
                 }
-                _ => match tokio::time::timeout_at(next_due, asking.next()).await {
-                    Ok(Some(answer)) => answer,
-                    Ok(None) | Err(_) => {
-                        let source = *sources.next().expect("a source is left");
+            }
+            let head_start_ends = (sources.len() > 0).then(|| Instant::now() + HEAD_START);
+            match next_before(&mut asking, head_start_ends).await {
+                Some(Ok(Some(found))) => return Ok(found),
+                Some(Ok(None)) => {}
+                Some(Err(detail)) => errors.push(detail),
+                // The sources asked had their head start: the next one is asked beside them.
+                None => {
+                    if let Some(&source) = sources.next() {
                         asking.push(self.ask(source, target, key));
-                        continue;
                     }
-                },
-            };
-            match answer {
-                Ok(Some(found)) => return Ok(found),
-                Ok(None) => {}
-                Err(detail) => errors.push(detail),
+                }
             }
         }
         match errors.is_empty() {

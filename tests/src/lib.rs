@@ -191,15 +191,27 @@ impl Daemon {
         what: &str,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_ternctl(&["status"], within, what, |doc| check(&doc["data"]))["data"].take()
+    }
+
+    /// Runs `ternctl --json ARGS` until `check` holds for its document (at most `within`),
+    /// and gives that document; fails with the last one and the daemon's log.
+    pub fn wait_ternctl(
+        &self,
+        args: &[&str],
+        within: Duration,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let status = self.ternctl_json(&["status"]).1["data"].take();
-            if check(&status) {
-                return status;
+            let doc = self.ternctl_json(args).1;
+            if check(&doc) {
+                return doc;
             }
             assert!(
                 Instant::now() < deadline,
-                "never {what} within {within:?}: {status}\n{}",
+                "ternctl {args:?} never {what} within {within:?}: {doc}\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));

@@ -2,7 +2,7 @@
 //! testnet of 50 DHT nodes bound to 127.0.0.1, never the public DHT) and several rendezvous
 //! servers at once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mainline::{MutableItem, SigningKey, Testnet};
 use serde_json::Value;
@@ -40,21 +40,9 @@ fn refs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// Polls `find TARGET` until `check` holds for its JSON (or the deadline passes).
+/// Polls `find TARGET` until `check` holds for its JSON.
 fn find_until(node: &Daemon, target: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, found) = node.ternctl_json(&["find", target]);
-        if check(&found) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "find {target} never {what}: {found}\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    node.wait_ternctl(&["find", target], Duration::from_secs(30), what, check)
 }
 
 fn wait_published(node: &Daemon) {

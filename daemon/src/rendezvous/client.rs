@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::registration::{REFRESH_INTERVAL, Registered, Registration, Step};
 use super::{EXCHANGE_TIMEOUT, RECORD_LIFETIME, RegisterError, Registry, RendezvousError};
+use crate::discovery::next_before;
 use crate::env::EnvExt;
 use crate::node::{DialError, ExchangeError, Node, ProbeError};
 use crate::rendezvous::pins::{KeyCheck, ServerPins, ServerSpec, SpecError};
@@ -212,6 +213,10 @@ pub enum NameLookupError {
     Conflict(#[from] NameConflict),
 }
 
+/// What one rendezvous said to a look-up: the server and its record, if it holds one; or why
+/// it could not be asked.
+type ServerAnswer = Result<(Address, Option<Record>), String>;
+
 /// After the first answer to a name, how long the other servers get to disagree with it.
 const NAME_ANSWERS_WAIT: Duration = Duration::from_secs(1);
 
@@ -400,10 +405,10 @@ impl RendezvousClient {
         }
         let mut answers = self.ask_servers(|server| lookup(&self.node, server, target));
         let mut errors = Vec::new();
-        while let Some((spec, server, answer)) = answers.next().await {
+        while let Some((spec, answer)) = answers.next().await {
             match answer {
-                Ok(Some(record)) => return Ok(Some((record, Some(server)))),
-                Ok(None) => {}
+                Ok((server, Some(record))) => return Ok(Some((record, Some(server)))),
+                Ok((_, None)) => {}
                 Err(e) => errors.push(format!("rendezvous {spec}: {e}")),
             }
         }
@@ -430,19 +435,9 @@ impl RendezvousClient {
         let mut errors = Vec::new();
         let mut first: Option<(String, Address, Record)> = None;
         let mut until = None;
-        loop {
-            let next = match until {
-                Some(until) => match tokio::time::timeout_at(until, answers.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-                None => answers.next().await,
-            };
-            let Some((spec, server, answer)) = next else {
-                break;
-            };
+        while let Some((spec, answer)) = next_before(&mut answers, until).await {
             match answer {
-                Ok(Some(record)) => match &first {
+                Ok((server, Some(record))) => match &first {
                     None => {
                         until = Some(Instant::now() + NAME_ANSWERS_WAIT);
                         first = Some((spec, server, record));
@@ -462,7 +457,7 @@ impl RendezvousClient {
                     }
                     Some(_) => {}
                 },
-                Ok(None) => {}
+                Ok((_, None)) => {}
                 Err(e) => errors.push(format!("rendezvous {spec}: {e}")),
             }
         }
@@ -473,14 +468,12 @@ impl RendezvousClient {
         }
     }
 
-    /// Asks every rendezvous at once; each answer as it comes, with the server's spec and
-    /// address (a server not reached answers with why).
+    /// Asks every rendezvous at once; each answer as it comes, with the server's spec and,
+    /// from a server reached, its address (else why it was not reached).
     fn ask_servers<'a, F, Fut>(
         &'a self,
         lookup: F,
-    ) -> FuturesUnordered<
-        impl Future<Output = (String, Address, Result<Option<Record>, String>)> + 'a,
-    >
+    ) -> FuturesUnordered<impl Future<Output = (String, ServerAnswer)> + 'a>
     where
         F: Fn(Address) -> Fut + Copy + 'a,
         Fut: Future<Output = Result<Option<Record>, RendezvousError>> + 'a,
@@ -493,16 +486,18 @@ impl RendezvousClient {
         servers
             .into_iter()
             .map(|(spec, known)| async move {
-                // Not reached yet (the node just started, say): connect now rather than miss it.
-                let server = match known {
-                    Some(server) => server,
-                    None => match self.reach_server(&spec).await {
-                        Ok(server) => server,
-                        Err(e) => return (spec, self.node.address(), Err(e)),
-                    },
+                let answer = async {
+                    // Not reached yet (the node just started, say): connect now rather than
+                    // miss it.
+                    let server = match known {
+                        Some(server) => server,
+                        None => self.reach_server(&spec).await?,
+                    };
+                    let record = lookup(server).await.map_err(|e| e.to_string())?;
+                    Ok((server, record))
                 };
-                let answer = lookup(server).await.map_err(|e| e.to_string());
-                (spec, server, answer)
+                let answer = answer.await;
+                (spec, answer)
             })
             .collect()
     }
