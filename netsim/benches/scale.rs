@@ -22,7 +22,6 @@ use tern_daemon::env::Env;
 use tern_daemon::home::Home;
 use tern_netsim::scenario;
 use tern_netsim::sim::{App, Sim, run_paused, wait_registered};
-use tern_proto::SecretIdentity;
 use tern_proto::api::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -70,43 +69,6 @@ fn mesh() {
     );
 }
 
-/// `count` identities, made once and kept in `target/` for later runs.
-fn identities(count: usize) -> Vec<SecretIdentity> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target")
-        .join(format!("tern-netsim-identities-{count}.bin"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        let files: Vec<SecretIdentity> = bytes
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .filter_map(|line| SecretIdentity::from_key_file(&hex::decode(line).ok()?).ok())
-            .collect();
-        if files.len() == count {
-            return files;
-        }
-    }
-    let started = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let made: Vec<SecretIdentity> = (0..count)
-        .map(|_| {
-            let mut seed = [0u8; 32];
-            rng.fill_bytes(&mut seed);
-            SecretIdentity::from_seed(seed)
-        })
-        .collect();
-    let text: String = made
-        .iter()
-        .map(|i| format!("{}\n", hex::encode(i.to_key_file())))
-        .collect();
-    let _ = std::fs::write(&path, text);
-    eprintln!(
-        "made {count} identities in {:.1} s (cached in {})",
-        started.elapsed().as_secs_f64(),
-        path.display()
-    );
-    made
-}
-
 fn host(n: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(203, 0, 113, 10)) + n as u32)
 }
@@ -123,7 +85,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn join() {
-    let identities = identities(JOINING + 1);
+    let identities = tern_netsim::fixture::cached_identities(JOINING + 1);
     let wall = Instant::now();
     let (registered_at, connected_at) = run_paused(Duration::from_secs(3600), async move {
         let sim = Sim::new(11, Duration::from_millis(15));

@@ -5,6 +5,7 @@
 //! namespaces, veth links and (for the NAT matrix) nftables rules, and removes everything it
 //! made by id, even when a test fails.
 
+pub mod fixture;
 pub mod internet;
 pub mod lab;
 pub mod local_api;

@@ -1,7 +1,6 @@
 //! NAT traversal figures in the kernel lab (needs root): time from the first dial to the first
-//! byte back, behind two home NATs (median of 20 fresh pairs, all of which must end direct);
-//! relayed throughput against direct throughput through the same NAT lab; rendezvous lookups
-//! per second. Daemons run in this process; each one's UDP socket is bound inside its
+//! byte back, and to the direct path (median of 20 fresh pairs, all of which must end direct).
+//! (Relayed against direct throughput is in the `datapath` benchmark.) Daemons run in this process; each one's UDP socket is bound inside its
 //! namespace, so all their traffic crosses the lab's routers.
 //! `cargo bench -p tern-tests --bench nat`
 
@@ -17,7 +16,6 @@ use tern_netsim::internet::{Host, Internet, NatKind};
 use tokio::io::AsyncWriteExt;
 
 const PAIRS: usize = 20;
-const BULK: u64 = 64 << 20;
 
 struct Node {
     daemon: Arc<Daemon>,
@@ -88,34 +86,6 @@ fn path_to(a: &Node, b: &Node) -> &'static str {
         .map_or("none", |p| p.path)
 }
 
-async fn throughput(a: &Node, b: &Node) -> f64 {
-    let stream = a
-        .daemon
-        .apps()
-        .dial(b.daemon.node().address(), 2000)
-        .await
-        .expect("dial");
-    let (mut send, mut recv) = (stream.send, stream.recv);
-    let start = Instant::now();
-    let writer = tokio::spawn(async move {
-        let chunk = vec![0x5a_u8; 64 * 1024];
-        let mut sent = 0;
-        while sent < BULK {
-            send.write_all(&chunk).await.expect("write");
-            sent += chunk.len() as u64;
-        }
-        send.finish().expect("finish");
-    });
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0u64;
-    while let Some(n) = recv.read(&mut buf).await.expect("read") {
-        got += n as u64;
-    }
-    writer.await.expect("writer");
-    assert_eq!(got, BULK);
-    BULK as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -134,7 +104,7 @@ fn main() {
     runtime.block_on(async {
         let mut net = Internet::new().expect("lab");
         let public = net.public_host("rendezvous").expect("public host");
-        let server = start(&public, 7440, &[]);
+        let _server = start(&public, 7440, &[]);
         let rendezvous = vec![format!("{}:7440", public.address)];
 
         let home = (NatKind::HomeRouter, NatKind::HomeRouter);
@@ -167,35 +137,5 @@ fn main() {
             );
         }
 
-        let (a, b) = pair(&mut net, &rendezvous, home, 100).await;
-        let direct = throughput(&a, &b).await;
-        let symmetric = (NatKind::Symmetric, NatKind::Symmetric);
-        let (a, b) = pair(&mut net, &rendezvous, symmetric, 101).await;
-        let start = Instant::now();
-        a.daemon.connector().connect(b.daemon.node().address()).await.expect("relay");
-        let to_relay = start.elapsed();
-        assert_eq!(path_to(&a, &b), "relay");
-        let relayed = throughput(&a, &b).await;
-        println!("symmetric NAT <-> symmetric NAT: connected through the relay after {to_relay:.1?}");
-        println!(
-            "echo throughput, {} MiB: direct through two home NATs {direct:.1} MiB/s, through the relay {relayed:.1} MiB/s (ratio {:.2})",
-            BULK >> 20,
-            relayed / direct
-        );
-
-        let target = b.daemon.node().address();
-        let rendezvous_address = server.daemon.node().address();
-        let lookups = 2000;
-        let start = Instant::now();
-        for _ in 0..lookups {
-            tern_daemon::rendezvous::lookup(a.daemon.node(), rendezvous_address, target)
-                .await
-                .expect("lookup")
-                .expect("found");
-        }
-        println!(
-            "rendezvous lookups, one client, sequential: {:.0}/s",
-            lookups as f64 / start.elapsed().as_secs_f64()
-        );
     });
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tern_proto::api::{DatagramFrame, PAGE_BUDGET, Request, Response, page};
 use tern_proto::{Address, Name};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
 pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
@@ -27,7 +27,10 @@ use crate::traversal::connect::ConnectError;
 
 /// A client must send its request within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const SPLICE_BUFFER: usize = 64 * 1024;
+/// Room for each copy between a local API client and its QUIC stream.
+const SPLICE_BUFFER: usize = 256 * 1024;
+/// The region the client's bytes are read into, handed to quinn chunk by chunk.
+const SPLICE_REGION: usize = 1 << 20;
 /// The longest an `outcome` request may wait for its stream to end.
 const OUTCOME_WAIT: Duration = Duration::from_secs(10);
 /// Reset code when the local side of a splice failed.
@@ -431,18 +434,44 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
 /// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
 /// A failure, or a `reset` request, resets the QUIC stream so the peer sees a broken stream
 /// rather than a clean end.
-async fn splice<S: LinkIo>(mut client: S, mut stream: OverlayStream, handle: StreamHandle) {
+async fn splice<S: LinkIo>(client: S, mut stream: OverlayStream, handle: StreamHandle) {
     enum End {
-        Copied(std::io::Result<(u64, u64)>),
+        Copied(std::io::Result<()>),
         ResetRequested(u32),
     }
     let mut abort = handle.abort;
-    let end = tokio::select! {
-        copied = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut stream, SPLICE_BUFFER, SPLICE_BUFFER) => End::Copied(copied),
-        Ok(code) = &mut abort => End::ResetRequested(code),
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let end = {
+        let (send, recv) = (&mut stream.send, &mut stream.recv);
+        // The client's bytes go to quinn as chunks of one region it holds until they are
+        // acknowledged (no copy); a new region only once too little of this one is left.
+        let upload = async {
+            let mut region = bytes::BytesMut::new();
+            loop {
+                if region.capacity() < SPLICE_BUFFER / 4 {
+                    region.reserve(SPLICE_REGION);
+                }
+                if from_client.read_buf(&mut region).await? == 0 {
+                    return send.finish().map_err(std::io::Error::other);
+                }
+                send.write_chunk(region.split().freeze()).await?;
+            }
+        };
+        // quinn's packets are gathered into one buffer: one write to the client for many.
+        let download = async {
+            let mut buffer = vec![0u8; SPLICE_BUFFER];
+            while let Some(n) = recv.read(&mut buffer).await? {
+                to_client.write_all(&buffer[..n]).await?;
+            }
+            to_client.shutdown().await
+        };
+        tokio::select! {
+            copied = async { tokio::try_join!(upload, download).map(|_| ()) } => End::Copied(copied),
+            Ok(code) = &mut abort => End::ResetRequested(code),
+        }
     };
     let outcome = match end {
-        End::Copied(Ok(_)) => Outcome::Clean,
+        End::Copied(Ok(())) => Outcome::Clean,
         End::Copied(Err(e)) => {
             let _ = stream.send.reset(STREAM_BROKEN.into());
             let _ = stream.recv.stop(STREAM_BROKEN.into());

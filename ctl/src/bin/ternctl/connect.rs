@@ -1,6 +1,10 @@
 //! `ternctl connect` (a pipe, or one JSON-RPC exchange with --message) and `ternctl send`.
 
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -8,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::output::{Failure, Report};
-use crate::{check_target, failure};
+use crate::{check_target, failure, stdio};
 use tern_ctl::{Client, Stream};
 
 #[derive(Args)]
@@ -75,27 +79,44 @@ async fn pipe(client: &Client, target: &str, port: u16) -> Result<Report, Failur
 
 /// Copies stdin to the stream and the stream to stdout; returns once the remote side has
 /// closed, with both directions of the local connection closed (bytes sent, received).
+/// Each direction runs on a blocking thread that splices descriptors (see `stdio`).
 pub async fn pipe_stdio(stream: Stream) -> Result<(u64, u64), Failure> {
     let peer = stream.peer;
-    let (mut from_peer, mut to_peer) = stream.io.into_split();
-    let upload = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
-        let copied = tokio::io::copy(&mut stdin, &mut to_peer).await;
-        let _ = to_peer.shutdown().await;
-        copied
+    let broken = |e: std::io::Error| {
+        Failure::new("stream_broken", format!("the stream to {peer} broke: {e}"))
+    };
+    let socket = Arc::new(blocking(stream.io).map_err(broken)?);
+    let sent = Arc::new(AtomicU64::new(0));
+    // Not joined: once the remote side has closed, stdin is no longer read (as `nc -N`).
+    std::thread::spawn({
+        let (socket, sent) = (socket.clone(), sent.clone());
+        move || {
+            let _ = stdio::copy(libc::STDIN_FILENO, socket.as_raw_fd(), &sent);
+            let _ = socket.shutdown(Shutdown::Write);
+        }
     });
-    let mut stdout = tokio::io::stdout();
-    let received = tokio::io::copy(&mut from_peer, &mut stdout).await;
-    stdout.flush().await.ok();
-    // The remote side has closed: stop reading stdin, as `nc -N` does; dropping the write
-    // half closes it.
-    if !upload.is_finished() {
-        upload.abort();
-    }
-    let sent = upload.await.ok().and_then(|r| r.ok()).unwrap_or(0);
-    let received = received
-        .map_err(|e| Failure::new("stream_broken", format!("the stream to {peer} broke: {e}")))?;
-    Ok((sent, received))
+    let download = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || {
+            let received = AtomicU64::new(0);
+            let copied = stdio::copy(socket.as_raw_fd(), libc::STDOUT_FILENO, &received);
+            copied.map(|()| received.into_inner())
+        }
+    });
+    let received = download
+        .await
+        .map_err(|e| broken(std::io::Error::other(e)))?
+        .map_err(broken)?;
+    // The daemon ends the stream once both directions have: end ours if stdin is still open.
+    let _ = socket.shutdown(Shutdown::Write);
+    Ok((sent.load(Ordering::Relaxed), received))
+}
+
+/// The daemon connection of a stream as a blocking socket, for the `stdio` copies.
+pub fn blocking(io: tokio::net::UnixStream) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let socket = io.into_std()?;
+    socket.set_nonblocking(false)?;
+    Ok(socket)
 }
 
 /// Sends one message, keeps the write side open until the reply with the same id arrives

@@ -1,11 +1,14 @@
 //! `ternctl listen PORT [--open]`: print what each incoming stream sends, one at a time.
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
+
 use clap::Args;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 
+use crate::connect::blocking;
 use crate::output::{Failure, Report};
-use crate::{failure, shutdown_signal};
+use crate::{failure, shutdown_signal, stdio};
 use tern_ctl::Client;
 
 #[derive(Args)]
@@ -27,16 +30,20 @@ pub async fn run(client: &Client, args: ListenArgs) -> Result<Report, Failure> {
     let mut streams = 0u64;
     let serve = async {
         loop {
-            let mut incoming = listener.accept().await.map_err(failure)?;
-            eprintln!(
-                "stream from {} (port {})",
-                incoming.stream.peer, incoming.remote_port
-            );
-            let mut stdout = tokio::io::stdout();
-            if let Err(e) = tokio::io::copy(&mut incoming.stream, &mut stdout).await {
-                eprintln!("stream from {} broke: {e}", incoming.stream.peer);
+            let incoming = listener.accept().await.map_err(failure)?;
+            let peer = incoming.stream.peer;
+            eprintln!("stream from {peer} (port {})", incoming.remote_port);
+            let copied = match blocking(incoming.stream.io) {
+                Ok(socket) => tokio::task::spawn_blocking(move || {
+                    stdio::copy(socket.as_raw_fd(), libc::STDOUT_FILENO, &AtomicU64::new(0))
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = copied {
+                eprintln!("stream from {peer} broke: {e}");
             }
-            stdout.flush().await.ok();
             streams += 1;
         }
     };

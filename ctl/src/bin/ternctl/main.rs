@@ -11,6 +11,7 @@ mod names;
 mod output;
 mod ping;
 mod status;
+mod stdio;
 mod trust;
 
 use std::path::PathBuf;
@@ -190,6 +191,10 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Room for each read when joining a local connection to an overlay stream (large, so bulk
+/// transfers take few system calls; a small message still goes through at once).
+const BRIDGE_BUFFER: usize = 256 * 1024;
+
 /// Joins an overlay stream and a local TCP connection (forward, expose). FIN passes as FIN
 /// both ways; a TCP reset resets the stream, and a stream reset or broken on the other side
 /// resets the TCP connection: closing stays distinguishable from failing, which is how HTTP
@@ -199,7 +204,7 @@ pub async fn bridge(
     stream: tern_ctl::Stream,
     tcp: tokio::net::TcpStream,
 ) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, BufReader};
     const LOCAL_FAILURE: u32 = 1;
     let id = stream.id;
     let (mut from_stream, mut to_stream) = stream.io.into_split();
@@ -208,7 +213,12 @@ pub async fn bridge(
     // clean half-close has not (the other direction still runs).
     let broke = |outcome: Option<serde_json::Value>| outcome.is_some_and(|o| o["end"] != "clean");
     let upload = async {
-        match tokio::io::copy(&mut from_tcp, &mut to_stream).await {
+        match tokio::io::copy_buf(
+            &mut BufReader::with_capacity(BRIDGE_BUFFER, &mut from_tcp),
+            &mut to_stream,
+        )
+        .await
+        {
             Ok(_) => {
                 to_stream.shutdown().await.ok();
                 Ok(())
@@ -217,9 +227,12 @@ pub async fn bridge(
         }
     };
     let download = async {
-        tokio::io::copy(&mut from_stream, &mut to_tcp)
-            .await
-            .map_err(|e| e.to_string())?;
+        tokio::io::copy_buf(
+            &mut BufReader::with_capacity(BRIDGE_BUFFER, &mut from_stream),
+            &mut to_tcp,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if broke(client.outcome_now(id).await.map_err(|e| e.to_string())?) {
             return Err("the stream was reset or broke on the other side".to_string());
         }
@@ -246,7 +259,7 @@ pub async fn splice(
     a: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
     b: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
 ) -> std::io::Result<()> {
-    tokio::io::copy_bidirectional_with_sizes(a, b, 64 * 1024, 64 * 1024)
+    tokio::io::copy_bidirectional_with_sizes(a, b, BRIDGE_BUFFER, BRIDGE_BUFFER)
         .await
         .map(|_| ())
 }
