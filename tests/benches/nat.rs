@@ -4,19 +4,45 @@
 //! namespace, so all their traffic crosses the lab's routers.
 //! `cargo bench -p tern-tests --bench nat`
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_daemon::Access;
+use tern_daemon::daemon::{Daemon, DaemonConfig};
+use tern_daemon::env::os::{OsEnv, wrap_udp};
+use tern_daemon::home::Home;
 use tern_netsim::internet::{Host, Internet, NatKind};
-use tern_tests::LabDaemon;
 use tokio::io::AsyncWriteExt;
 
 const PAIRS: usize = 20;
 
-type Node = LabDaemon;
+struct Node {
+    daemon: Arc<Daemon>,
+    _home: tempfile::TempDir,
+}
 
 fn start(host: &Host, port: u16, rendezvous: &[String]) -> Node {
-    LabDaemon::start(host, port, rendezvous)
+    let home = tempfile::tempdir().expect("home");
+    let socket = host
+        .namespace
+        .bind_udp(SocketAddr::from((host.address, port)))
+        .expect("enter namespace")
+        .expect("bind");
+    let config = DaemonConfig::new(
+        Home::at(home.path()),
+        socket.local_addr().expect("addr"),
+        rendezvous.to_vec(),
+    );
+    Node {
+        daemon: Daemon::start_on(
+            config,
+            OsEnv::shared(),
+            wrap_udp(socket, 8 << 20).expect("socket"),
+        )
+        .expect("daemon"),
+        _home: home,
+    }
 }
 
 async fn registered(node: &Node) {
