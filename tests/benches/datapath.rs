@@ -18,16 +18,14 @@ use std::time::{Duration, Instant};
 
 use tern_ctl::Client;
 use tern_daemon::Access;
-use tern_daemon::daemon::{Daemon as InProcess, DaemonConfig};
 use tern_daemon::env::os::{OsEnv, set_buffer_sizes, start_node, wrap_udp};
-use tern_daemon::home::Home;
 use tern_daemon::transport::handshake::{self, finish_dial};
 use tern_daemon::transport::socket::DemuxSocket;
 use tern_daemon::{Node, TransportConfig};
-use tern_netsim::internet::{Host, Internet, NatKind};
+use tern_netsim::internet::{Internet, NatKind};
 use tern_proto::record::Record;
 use tern_proto::{Address, SecretIdentity};
-use tern_tests::{Daemon, binary, tcp_service};
+use tern_tests::{Daemon, LabDaemon, binary, tcp_service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHUNK: usize = 256 * 1024;
@@ -534,34 +532,6 @@ where
     outcome
 }
 
-struct LabNode {
-    daemon: Arc<InProcess>,
-    _home: tempfile::TempDir,
-}
-
-fn lab_node(host: &Host, rendezvous: &[String]) -> LabNode {
-    let home = tempfile::tempdir().expect("home");
-    let socket = host
-        .namespace
-        .bind_udp(SocketAddr::from((host.address, 7440)))
-        .expect("enter namespace")
-        .expect("bind");
-    let config = DaemonConfig::new(
-        Home::at(home.path()),
-        socket.local_addr().expect("addr"),
-        rendezvous.to_vec(),
-    );
-    LabNode {
-        daemon: InProcess::start_on(
-            config,
-            OsEnv::shared(),
-            wrap_udp(socket, 8 << 20).expect("socket"),
-        )
-        .expect("daemon"),
-        _home: home,
-    }
-}
-
 /// Echo throughput (`bulk` bytes each way) between a lab pair, and the path it took.
 async fn lab_pair_throughput(
     net: &mut Internet,
@@ -572,7 +542,10 @@ async fn lab_pair_throughput(
 ) -> (f64, &'static str) {
     let (host_a, _) = net.behind_nat(&format!("a{n}"), kind).expect("site a");
     let (host_b, _) = net.behind_nat(&format!("b{n}"), kind).expect("site b");
-    let (a, b) = (lab_node(&host_a, rendezvous), lab_node(&host_b, rendezvous));
+    let (a, b) = (
+        LabDaemon::start(&host_a, 7440, rendezvous),
+        LabDaemon::start(&host_b, 7440, rendezvous),
+    );
     for node in [&a, &b] {
         while node.daemon.status()["registered"] != true {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -4,48 +4,16 @@
 //! namespace, so all their traffic crosses the lab's routers.
 //! `cargo bench -p tern-tests --bench nat`
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_daemon::Access;
-use tern_daemon::daemon::{Daemon, DaemonConfig};
-use tern_daemon::env::os::{OsEnv, wrap_udp};
-use tern_daemon::home::Home;
-use tern_netsim::internet::{Host, Internet, NatKind};
+use tern_netsim::internet::{Internet, NatKind};
+use tern_tests::LabDaemon;
 use tokio::io::AsyncWriteExt;
 
 const PAIRS: usize = 20;
 
-struct Node {
-    daemon: Arc<Daemon>,
-    _home: tempfile::TempDir,
-}
-
-fn start(host: &Host, port: u16, rendezvous: &[String]) -> Node {
-    let home = tempfile::tempdir().expect("home");
-    let socket = host
-        .namespace
-        .bind_udp(SocketAddr::from((host.address, port)))
-        .expect("enter namespace")
-        .expect("bind");
-    let config = DaemonConfig::new(
-        Home::at(home.path()),
-        socket.local_addr().expect("addr"),
-        rendezvous.to_vec(),
-    );
-    Node {
-        daemon: Daemon::start_on(
-            config,
-            OsEnv::shared(),
-            wrap_udp(socket, 8 << 20).expect("socket"),
-        )
-        .expect("daemon"),
-        _home: home,
-    }
-}
-
-async fn registered(node: &Node) {
+async fn registered(node: &LabDaemon) {
     while node.daemon.status()["registered"] != true {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -57,11 +25,11 @@ async fn pair(
     rendezvous: &[String],
     kinds: (NatKind, NatKind),
     n: usize,
-) -> (Node, Node) {
+) -> (LabDaemon, LabDaemon) {
     let (host_a, _) = net.behind_nat(&format!("a{n}"), kinds.0).expect("site a");
     let (host_b, _) = net.behind_nat(&format!("b{n}"), kinds.1).expect("site b");
-    let a = start(&host_a, 7440, rendezvous);
-    let b = start(&host_b, 7440, rendezvous);
+    let a = LabDaemon::start(&host_a, 7440, rendezvous);
+    let b = LabDaemon::start(&host_b, 7440, rendezvous);
     registered(&a).await;
     registered(&b).await;
     let mut listener = b.daemon.node().listen(2000, Access::Open).expect("listen");
@@ -76,7 +44,7 @@ async fn pair(
     (a, b)
 }
 
-fn path_to(a: &Node, b: &Node) -> &'static str {
+fn path_to(a: &LabDaemon, b: &LabDaemon) -> &'static str {
     let peer = b.daemon.node().address();
     a.daemon
         .node()
@@ -104,7 +72,7 @@ fn main() {
     runtime.block_on(async {
         let mut net = Internet::new().expect("lab");
         let public = net.public_host("rendezvous").expect("public host");
-        let _server = start(&public, 7440, &[]);
+        let _server = LabDaemon::start(&public, 7440, &[]);
         let rendezvous = vec![format!("{}:7440", public.address)];
 
         let home = (NatKind::HomeRouter, NatKind::HomeRouter);

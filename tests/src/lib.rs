@@ -370,3 +370,33 @@ pub fn json_rpc_service() -> u16 {
         }
     })
 }
+
+/// A daemon in this process whose UDP socket is bound inside a lab host's namespace, so all
+/// its traffic crosses the lab's routers (the NAT and data-path benchmarks).
+pub struct LabDaemon {
+    pub daemon: std::sync::Arc<tern_daemon::daemon::Daemon>,
+    _home: tempfile::TempDir,
+}
+
+impl LabDaemon {
+    pub fn start(host: &tern_netsim::internet::Host, port: u16, rendezvous: &[String]) -> Self {
+        use tern_daemon::env::os::{OsEnv, wrap_udp};
+        let home = tempfile::tempdir().expect("home");
+        let socket = host
+            .namespace
+            .bind_udp(std::net::SocketAddr::from((host.address, port)))
+            .expect("enter namespace")
+            .expect("bind");
+        let config = tern_daemon::daemon::DaemonConfig::new(
+            tern_daemon::home::Home::at(home.path()),
+            socket.local_addr().expect("addr"),
+            rendezvous.to_vec(),
+        );
+        let socket = wrap_udp(socket, 8 << 20).expect("socket");
+        Self {
+            daemon: tern_daemon::daemon::Daemon::start_on(config, OsEnv::shared(), socket)
+                .expect("daemon"),
+            _home: home,
+        }
+    }
+}
