@@ -27,9 +27,10 @@ use crate::traversal::connect::ConnectError;
 
 /// A client must send its request within this long.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Room for each copy between a local API client and its QUIC stream.
+/// Room for copies between a local API client and its QUIC stream: at first, and at most
+/// for the download buffer and the upload region (read into, handed to quinn in chunks).
+const SPLICE_START: usize = 16 * 1024;
 const SPLICE_BUFFER: usize = 256 * 1024;
-/// The region the client's bytes are read into, handed to quinn chunk by chunk.
 const SPLICE_REGION: usize = 1 << 20;
 /// The longest an `outcome` request may wait for its stream to end.
 const OUTCOME_WAIT: Duration = Duration::from_secs(10);
@@ -444,24 +445,32 @@ async fn splice<S: LinkIo>(client: S, mut stream: OverlayStream, handle: StreamH
     let end = {
         let (send, recv) = (&mut stream.send, &mut stream.recv);
         // The client's bytes go to quinn as chunks of one region it holds until they are
-        // acknowledged (no copy); a new region only once too little of this one is left.
+        // acknowledged (no copy). Regions and the download buffer start small and grow only
+        // while reads fill them, so an idle or chatty stream keeps little memory.
         let upload = async {
-            let mut region = bytes::BytesMut::new();
+            let (mut region, mut size) = (bytes::BytesMut::new(), SPLICE_START);
             loop {
-                if region.capacity() < SPLICE_BUFFER / 4 {
-                    region.reserve(SPLICE_REGION);
+                if region.capacity() < size / 4 {
+                    region.reserve(size);
                 }
+                let room = region.capacity();
                 if from_client.read_buf(&mut region).await? == 0 {
                     return send.finish().map_err(std::io::Error::other);
+                }
+                if region.len() == room {
+                    size = (size * 2).min(SPLICE_REGION);
                 }
                 send.write_chunk(region.split().freeze()).await?;
             }
         };
         // quinn's packets are gathered into one buffer: one write to the client for many.
         let download = async {
-            let mut buffer = vec![0u8; SPLICE_BUFFER];
+            let mut buffer = vec![0u8; SPLICE_START];
             while let Some(n) = recv.read(&mut buffer).await? {
                 to_client.write_all(&buffer[..n]).await?;
+                if n == buffer.len() && n < SPLICE_BUFFER {
+                    buffer.resize(n * 2, 0);
+                }
             }
             to_client.shutdown().await
         };

@@ -70,18 +70,37 @@ pub async fn send(client: &Client, args: SendArgs) -> Result<Report, Failure> {
 /// stdin → stream (EOF half-closes it), stream → stdout until the remote side closes.
 async fn pipe(client: &Client, target: &str, port: u16) -> Result<Report, Failure> {
     let stream = client.dial(target, port).await.map_err(failure)?;
-    let (sent, received) = pipe_stdio(stream).await?;
+    let peer = stream.peer;
+    let piped = pipe_stdio(client, stream).await?;
+    if piped.outcome["end"] != "clean" {
+        let how = piped.outcome["detail"]
+            .as_str()
+            .unwrap_or("reset by this side");
+        return Err(Failure::new(
+            "stream_broken",
+            format!("the stream to {peer} ended abnormally: {how}"),
+        )
+        .hint("the other side may have crashed or reset it; dial again"));
+    }
     Ok(Report {
-        data: json!({ "bytes_sent": sent, "bytes_received": received }),
+        data: json!({ "bytes_sent": piped.sent, "bytes_received": piped.received }),
         text: String::new(),
     })
 }
 
+/// What `pipe_stdio` moved, and how the daemon says the stream ended (see
+/// [`Client::outcome`]): a peer's crash can look like a clean end of file locally.
+pub struct Piped {
+    pub sent: u64,
+    pub received: u64,
+    pub outcome: Value,
+}
+
 /// Copies stdin to the stream and the stream to stdout; returns once the remote side has
-/// closed, with both directions of the local connection closed (bytes sent, received).
-/// Each direction runs on a blocking thread that splices descriptors (see `stdio`).
-pub async fn pipe_stdio(stream: Stream) -> Result<(u64, u64), Failure> {
-    let peer = stream.peer;
+/// closed, with both directions of the local connection closed. Each direction runs on a
+/// blocking thread that splices descriptors (see `stdio`).
+pub async fn pipe_stdio(client: &Client, stream: Stream) -> Result<Piped, Failure> {
+    let (id, peer) = (stream.id, stream.peer);
     let broken = |e: std::io::Error| {
         Failure::new("stream_broken", format!("the stream to {peer} broke: {e}"))
     };
@@ -109,7 +128,12 @@ pub async fn pipe_stdio(stream: Stream) -> Result<(u64, u64), Failure> {
         .map_err(broken)?;
     // The daemon ends the stream once both directions have: end ours if stdin is still open.
     let _ = socket.shutdown(Shutdown::Write);
-    Ok((sent.load(Ordering::Relaxed), received))
+    let outcome = client.outcome(id).await.map_err(failure)?;
+    Ok(Piped {
+        sent: sent.load(Ordering::Relaxed),
+        received,
+        outcome,
+    })
 }
 
 /// The daemon connection of a stream as a blocking socket, for the `stdio` copies.

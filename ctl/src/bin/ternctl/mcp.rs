@@ -217,12 +217,11 @@ async fn connect(client: &Client, target: &str, name: &str) -> Result<Report, Fa
     check_target(target)?;
     let port = port_of(name)?;
     let stream = client.dial(target, port).await.map_err(failure)?;
-    let id = stream.id;
-    let (sent, received) = pipe_stdio(stream).await?;
-    let outcome = client.outcome(id).await.map_err(failure)?;
+    let piped = pipe_stdio(client, stream).await?;
+    let outcome = piped.outcome;
     if outcome["end"] == "clean" {
         Ok(Report {
-            data: json!({ "bytes_sent": sent, "bytes_received": received }),
+            data: json!({ "bytes_sent": piped.sent, "bytes_received": piped.received }),
             text: String::new(),
         })
     } else {

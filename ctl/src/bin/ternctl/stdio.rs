@@ -1,15 +1,17 @@
 //! Bytes between a descriptor (stdin, stdout) and the daemon's socket, on a blocking thread
 //! with no copies through this process: splice(2) through a pipe, or read/write with a large
-//! buffer where a descriptor cannot splice (a terminal, a file opened for appending).
+//! buffer where a descriptor cannot splice (/dev/null, a file opened for appending).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bytes moved per call; also the pipe's capacity.
-const STEP: usize = 1 << 20;
+/// Bytes moved per call; also the pipe's capacity (four times the default: fewer calls,
+/// while many ternctl processes stay well inside the per-user pipe quota).
+const STEP: usize = 256 << 10;
 
-/// Copies `from` to `to` until end of file, adding what it moved to `moved` as it goes.
+/// Copies `from` to `to` until end of file, adding what `to` took to `moved` as it goes (so
+/// the count is right even when a peer's close stops the copy midway).
 pub fn copy(from: RawFd, to: RawFd, moved: &AtomicU64) -> io::Result<()> {
     match pipe() {
         Ok((pipe_out, pipe_in)) => splice_through(from, to, &pipe_out, &pipe_in, moved),
@@ -39,31 +41,32 @@ fn splice_through(
     moved: &AtomicU64,
 ) -> io::Result<()> {
     loop {
-        let filled = match splice(from, pipe_in.as_raw_fd(), STEP, libc::POLLIN) {
+        let mut left = match splice(from, pipe_in.as_raw_fd(), STEP, libc::POLLIN) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            // `from` cannot splice (a terminal, say): nothing is in the pipe yet.
+            // `from` cannot splice (/dev/null, say): nothing is in the pipe yet.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 return read_write(from, to, moved);
             }
             Err(e) => return Err(e),
         };
-        let mut left = filled;
         while left > 0 {
             match splice(pipe_out.as_raw_fd(), to, left, libc::POLLOUT) {
-                Ok(n) => left -= n,
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    left -= n;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                }
                 // `to` cannot splice: hand over what is in the pipe, then copy plainly.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     let mut buf = vec![0u8; left];
                     read_exactly(pipe_out.as_raw_fd(), &mut buf)?;
-                    write_all(to, &buf)?;
-                    moved.fetch_add(filled as u64, Ordering::Relaxed);
+                    write_all(to, &buf, moved)?;
                     return read_write(from, to, moved);
                 }
                 Err(e) => return Err(e),
             }
         }
-        moved.fetch_add(filled as u64, Ordering::Relaxed);
     }
 }
 
@@ -79,7 +82,8 @@ fn splice(from: RawFd, to: RawFd, len: usize, ready: libc::c_short) -> io::Resul
                 to,
                 std::ptr::null_mut(),
                 len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                // Not SPLICE_F_MORE: it would hold a message's tail back on a TCP stdout.
+                0,
             )
         };
         if n >= 0 {
@@ -104,8 +108,7 @@ fn read_write(from: RawFd, to: RawFd, moved: &AtomicU64) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        write_all(to, &buf[..n])?;
-        moved.fetch_add(n as u64, Ordering::Relaxed);
+        write_all(to, &buf[..n], moved)?;
     }
 }
 
@@ -123,12 +126,13 @@ fn read_exactly(from: RawFd, mut buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_all(to: RawFd, mut buf: &[u8]) -> io::Result<()> {
+fn write_all(to: RawFd, mut buf: &[u8], moved: &AtomicU64) -> io::Result<()> {
     while !buf.is_empty() {
         let n = retry(to, libc::POLLOUT, || {
             // SAFETY: writes from our buffer, at most its length.
             unsafe { libc::write(to, buf.as_ptr().cast(), buf.len()) }
         })?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         buf = &buf[n..];
     }
     Ok(())
@@ -195,6 +199,19 @@ mod tests {
         writer.join().expect("writer");
         assert_eq!(reader.join().expect("reader"), data());
         assert_eq!(moved.load(Ordering::Relaxed), data().len() as u64);
+    }
+
+    #[test]
+    fn stdin_from_dev_null_ends_at_once() {
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let (near, mut far) = UnixStream::pair().expect("socket pair");
+        let moved = AtomicU64::new(0);
+        copy(null.as_raw_fd(), near.as_raw_fd(), &moved).expect("copy");
+        drop(near);
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).expect("read");
+        assert!(got.is_empty());
+        assert_eq!(moved.load(Ordering::Relaxed), 0);
     }
 
     #[test]
