@@ -130,8 +130,27 @@ pub struct DemuxSocket {
 enum Sorted {
     /// A QUIC packet from a direct path: the caller hands it to quinn.
     Quic,
+    /// A relay frame for another node, to be sent on unchanged to this address (the caller
+    /// sends runs of them as one batch).
+    Forward(SocketAddr),
     /// Taken care of (diverted, unwrapped and queued, or dropped).
     Taken,
+}
+
+/// The most one UDP send may carry (a GSO batch is one UDP datagram to the kernel).
+const MAX_SEND_BYTES: usize = 65_507;
+
+/// Consecutive segments of a received batch going to one address: `buf[start..end]`.
+struct Run {
+    to: SocketAddr,
+    start: usize,
+    end: usize,
+}
+
+thread_local! {
+    /// Where a transmit for a relayed path is wrapped, frame by frame: reused, so relaying
+    /// allocates nothing per packet.
+    static RELAY_FRAMES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl DemuxSocket {
@@ -215,31 +234,130 @@ impl DemuxSocket {
         }
     }
 
-    /// Sorts one received buffer: diverts what is not QUIC, maps the sender for quinn.
+    /// Sorts one received buffer (one datagram, or a GRO batch of segments `stride` apart):
+    /// diverts what is not QUIC, maps the sender for quinn, forwards relay frames for others.
     fn sort<'a>(
         &'a self,
         meta: &mut RecvMeta,
         buf: &mut [u8],
         paths: &mut Option<MutexGuard<'a, PathTable>>,
     ) {
-        let stride = if meta.stride == 0 {
-            meta.len
-        } else {
-            meta.stride
-        };
+        let stride = match meta.stride {
+            0 => meta.len,
+            stride => stride,
+        }
+        .max(1);
         let from = canonical(meta.addr);
-        let mut quic = false;
-        for segment in buf[..meta.len].chunks_mut(stride.max(1)) {
-            match self.sort_one(from, segment, paths) {
-                Sorted::Quic => quic = true,
-                Sorted::Taken => hide_from_quinn(segment),
+        let buf = &mut buf[..meta.len];
+        if self.unwrap_in_place(meta, buf, stride, from, paths) {
+            return;
+        }
+        let most_forwarded = self
+            .inner
+            .max_transmit_segments()
+            .min(MAX_SEND_BYTES / stride);
+        let (mut quic, mut run) = (false, None::<Run>);
+        for start in (0..buf.len()).step_by(stride) {
+            let end = (start + stride).min(buf.len());
+            let sorted = self.sort_one(from, &buf[start..end], paths);
+            let extends = |run: &Run| {
+                matches!(sorted, Sorted::Forward(to) if to == run.to)
+                    && (end - run.start).div_ceil(stride) <= most_forwarded.max(1)
+            };
+            if let Some(ended) = run.take_if(|run| !extends(run)) {
+                self.forward_run(&mut buf[ended.start..ended.end], stride, ended.to);
             }
+            match sorted {
+                Sorted::Quic => quic = true,
+                Sorted::Forward(to) => run.get_or_insert(Run { to, start, end }).end = end,
+                Sorted::Taken => hide_from_quinn(&mut buf[start..end]),
+            }
+        }
+        if let Some(ended) = run {
+            self.forward_run(&mut buf[ended.start..ended.end], stride, ended.to);
         }
         if quic {
             let table = paths.get_or_insert_with(|| self.paths());
             meta.addr = table.synthetic_for(Route::Direct(from));
         } else {
             meta.len = 0;
+        }
+    }
+
+    /// A batch that is all relay frames for this node from one peer (what a relayed path
+    /// brings) is unwrapped where it lies, so quinn reads the packets from the receive buffer
+    /// with no copy or queue between; false leaves the batch to be sorted frame by frame.
+    fn unwrap_in_place<'a>(
+        &'a self,
+        meta: &mut RecvMeta,
+        buf: &mut [u8],
+        stride: usize,
+        from: SocketAddr,
+        paths: &mut Option<MutexGuard<'a, PathTable>>,
+    ) -> bool {
+        const HEADER: usize = RelayHeader::LEN;
+        if stride <= HEADER || classify(buf) != PacketKind::Tern(TernType::Relay) {
+            return false;
+        }
+        let mut source = None;
+        for frame in buf.chunks(stride) {
+            match RelayHeader::decode(frame) {
+                Some((header, _))
+                    if header.destination == self.me
+                        && source.is_none_or(|peer| peer == header.source) =>
+                {
+                    source = Some(header.source);
+                }
+                _ => return false,
+            }
+        }
+        let Some(peer) = source else {
+            return false;
+        };
+        let table = paths.get_or_insert_with(|| self.paths());
+        // Only a node this one is connected to relays to it (the frame-by-frame path counts
+        // the drop).
+        if !table.is_pinned_direct(from) {
+            return false;
+        }
+        meta.addr = table.synthetic_for(Route::Relay { relay: from, peer });
+        let mut unwrapped = 0;
+        for start in (0..buf.len()).step_by(stride) {
+            let end = (start + stride).min(buf.len());
+            buf.copy_within(start + HEADER..end, unwrapped);
+            unwrapped += end - start - HEADER;
+        }
+        meta.len = unwrapped;
+        meta.stride = stride - HEADER;
+        true
+    }
+
+    /// Sends consecutive relay frames (`stride` apart) on to one address as one batch,
+    /// straight from the receive buffer, then hides them from quinn.
+    fn forward_run(&self, frames: &mut [u8], stride: usize, to: SocketAddr) {
+        self.forward(frames, (frames.len() > stride).then_some(stride), to);
+        for frame in frames.chunks_mut(stride) {
+            hide_from_quinn(frame);
+        }
+    }
+
+    /// Sends relay frames for another node on unchanged. A full socket loses them, which
+    /// QUIC recovers from.
+    fn forward(&self, frames: &[u8], segment_size: Option<usize>, to: SocketAddr) {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents: frames,
+            segment_size,
+            src_ip: None,
+        };
+        if self.send_to(to, &transmit).is_err() {
+            let lost = frames
+                .len()
+                .div_ceil(segment_size.unwrap_or(frames.len()).max(1));
+            self.stats
+                .relayed_dropped
+                .fetch_add(lost as u64, Ordering::Relaxed);
         }
     }
 
@@ -250,62 +368,76 @@ impl DemuxSocket {
         segment: &[u8],
         paths: &mut Option<MutexGuard<'a, PathTable>>,
     ) -> Sorted {
-        match classify(segment) {
+        let kind = classify(segment);
+        match kind {
             PacketKind::Quic => return Sorted::Quic,
             PacketKind::Unknown => {
                 self.stats.unknown_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            PacketKind::Tern(TernType::Relay)
-                if RelayHeader::decode(segment).is_some_and(|(h, _)| h.destination == self.me) =>
-            {
-                let (header, packet) = RelayHeader::decode(segment).expect("checked above");
-                let table = paths.get_or_insert_with(|| self.paths());
-                // Only a node this one is connected to relays to it: anyone else could make
-                // up sources without end.
-                if table.is_pinned_direct(from) {
-                    let synthetic = table.synthetic_for(Route::Relay {
-                        relay: from,
-                        peer: header.source,
-                    });
-                    self.inject(synthetic, Bytes::copy_from_slice(packet));
-                } else {
-                    self.stats
-                        .unroutable_dropped
-                        .fetch_add(1, Ordering::Relaxed);
+            PacketKind::Tern(TernType::Relay) => match RelayHeader::decode(segment) {
+                Some((header, packet)) if header.destination == self.me => {
+                    let table = paths.get_or_insert_with(|| self.paths());
+                    // Only a node this one is connected to relays to it: anyone else could
+                    // make up sources without end.
+                    if table.is_pinned_direct(from) {
+                        let synthetic = table.synthetic_for(Route::Relay {
+                            relay: from,
+                            peer: header.source,
+                        });
+                        self.inject(synthetic, Bytes::copy_from_slice(packet));
+                    } else {
+                        self.stats
+                            .unroutable_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-            PacketKind::Tern(TernType::Relay) if self.relayed_here(from, segment) => {}
-            kind => {
-                // A TCP link counts against its peer's IP, so many links buy no more budget.
-                // (Links arrive one datagram at a time, with the path lock not yet taken.)
-                let source = match is_link(&from) {
-                    true => source_key(self.link_remote(&from).unwrap_or(from)),
-                    false => source_key(from),
-                };
-                // Connected peers on their proven paths are not budgeted with strangers: a
-                // flood from many sources cannot starve their pings, pongs and relay frames.
-                let proven = paths
-                    .get_or_insert_with(|| self.paths())
-                    .is_pinned_direct(from);
-                let mut budget = self.diverted_budget.lock().expect("diverted budget lock");
-                if !proven && !budget.allow(tokio::time::Instant::now(), source) {
-                    self.stats
-                        .diverted_rate_limited
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Sorted::Taken;
-                }
-                drop(budget);
-                let diverted = Diverted {
-                    kind,
-                    from,
-                    data: Bytes::copy_from_slice(segment),
-                };
-                if self.diverted.try_send(diverted).is_err() {
-                    self.stats.diverted_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+                Some((header, _)) => match self.route_relayed(from, &header) {
+                    Relayed::Forward(to) => return Sorted::Forward(to),
+                    Relayed::Refused => {}
+                    Relayed::Unknown => self.divert(kind, from, segment, paths),
+                },
+                None => self.divert(kind, from, segment, paths),
+            },
+            PacketKind::Tern(_) | PacketKind::Stun => self.divert(kind, from, segment, paths),
         }
         Sorted::Taken
+    }
+
+    /// Queues a datagram for the node's control task, within its source's budget.
+    fn divert<'a>(
+        &'a self,
+        kind: PacketKind,
+        from: SocketAddr,
+        segment: &[u8],
+        paths: &mut Option<MutexGuard<'a, PathTable>>,
+    ) {
+        // A TCP link counts against its peer's IP, so many links buy no more budget.
+        // (Links arrive one datagram at a time, with the path lock not yet taken.)
+        let source = match is_link(&from) {
+            true => source_key(self.link_remote(&from).unwrap_or(from)),
+            false => source_key(from),
+        };
+        // Connected peers on their proven paths are not budgeted with strangers: a flood
+        // from many sources cannot starve their pings, pongs and relay frames.
+        let proven = paths
+            .get_or_insert_with(|| self.paths())
+            .is_pinned_direct(from);
+        let mut budget = self.diverted_budget.lock().expect("diverted budget lock");
+        if !proven && !budget.allow(tokio::time::Instant::now(), source) {
+            self.stats
+                .diverted_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        drop(budget);
+        let diverted = Diverted {
+            kind,
+            from,
+            data: Bytes::copy_from_slice(segment),
+        };
+        if self.diverted.try_send(diverted).is_err() {
+            self.stats.diverted_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Serving as a relay: what to do with a frame that arrived from `from`.
@@ -357,30 +489,6 @@ impl DemuxSocket {
             }
         }
         relaying.routes.insert(peer, (at, now));
-    }
-
-    /// Forwards (or refuses) a frame for another node if the routes known here decide it;
-    /// false leaves it to the node. A full socket loses the frame, which QUIC recovers from.
-    fn relayed_here(&self, from: SocketAddr, frame: &[u8]) -> bool {
-        let Some((header, _)) = RelayHeader::decode(frame) else {
-            return false;
-        };
-        let to = match self.route_relayed(from, &header) {
-            Relayed::Forward(to) => to,
-            Relayed::Refused => return true,
-            Relayed::Unknown => return false,
-        };
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: frame,
-            segment_size: None,
-            src_ip: None,
-        };
-        if self.send_to(to, &transmit).is_err() {
-            self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-        true
     }
 
     /// Queues a QUIC packet for quinn as coming from `synthetic`.
@@ -448,10 +556,17 @@ impl DemuxSocket {
 
     fn receive_on_link(&self, link: SocketAddr, datagram: &[u8]) {
         let mut paths = None;
-        if let Sorted::Quic = self.sort_one(link, datagram, &mut paths) {
-            let table = paths.get_or_insert_with(|| self.paths());
-            let synthetic = table.synthetic_for(Route::Direct(link));
-            self.inject(synthetic, Bytes::copy_from_slice(datagram));
+        match self.sort_one(link, datagram, &mut paths) {
+            Sorted::Quic => {
+                let table = paths.get_or_insert_with(|| self.paths());
+                let synthetic = table.synthetic_for(Route::Direct(link));
+                self.inject(synthetic, Bytes::copy_from_slice(datagram));
+            }
+            Sorted::Forward(to) => {
+                drop(paths.take());
+                self.forward(datagram, None, to);
+            }
+            Sorted::Taken => {}
         }
         drop(paths);
         if let Some(waker) = self.recv_waker.lock().expect("waker lock").take() {
@@ -509,7 +624,8 @@ impl DemuxSocket {
 }
 
 impl DemuxSocket {
-    /// Wraps each datagram of `transmit` (one, or several with GSO) in a relay frame.
+    /// Wraps each datagram of `transmit` (one, or several with GSO) in a relay frame, and
+    /// sends the frames as batches of their own.
     fn send_relayed(
         &self,
         transmit: &Transmit,
@@ -525,30 +641,44 @@ impl DemuxSocket {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
-        for (i, packet) in transmit.contents.chunks(segment).enumerate() {
-            let frame = [&header[..], packet].concat();
-            let sent = self.send_to(
-                relay,
-                &Transmit {
-                    destination: relay,
-                    ecn: transmit.ecn,
-                    contents: &frame,
-                    segment_size: None,
-                    src_ip: transmit.src_ip,
-                },
-            );
-            match sent {
-                // Nothing went out yet: quinn retries the whole transmit later.
-                Err(e) if i == 0 => return Err(e),
-                // Part went out: the rest counts as lost, which QUIC recovers from.
-                Err(_) => {
-                    self.stats.relayed_dropped.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+        let stride = header.len() + segment;
+        let per_send = (MAX_SEND_BYTES / stride)
+            .min(self.inner.max_transmit_segments())
+            .max(1);
+        RELAY_FRAMES.with_borrow_mut(|frames| {
+            for (i, packets) in transmit.contents.chunks(segment * per_send).enumerate() {
+                frames.clear();
+                for packet in packets.chunks(segment) {
+                    frames.extend_from_slice(&header);
+                    frames.extend_from_slice(packet);
                 }
-                Ok(()) => {}
+                let sent = self.send_to(
+                    relay,
+                    &Transmit {
+                        destination: relay,
+                        ecn: transmit.ecn,
+                        contents: frames,
+                        segment_size: (packets.len() > segment).then_some(stride),
+                        src_ip: transmit.src_ip,
+                    },
+                );
+                match sent {
+                    // Nothing went out yet: quinn retries the whole transmit later.
+                    Err(e) if i == 0 => return Err(e),
+                    // Part went out: the rest counts as lost, which QUIC recovers from.
+                    Err(_) => {
+                        let lost =
+                            (transmit.contents.len() - i * segment * per_send).div_ceil(segment);
+                        self.stats
+                            .relayed_dropped
+                            .fetch_add(lost as u64, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Ok(()) => {}
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Moves waiting injected packets into quinn's buffers, one datagram per entry.
