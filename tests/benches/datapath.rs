@@ -607,6 +607,7 @@ async fn relay_against_direct(reference_cpu_per_gib: f64) {
         lab_pair_throughput(&mut net, &rendezvous, NatKind::Symmetric, 1, bulk).await;
     assert_eq!(path, "relay", "two symmetric NATs stay on the relay");
     let relay_cpu = process_cpu(relay.pid()) - cpu_before;
+    let dropped = relay.ternctl_json(&["status"]).1["data"]["dropped"].clone();
     // Echo: every byte crosses the relay twice.
     let per_gib = relay_cpu.as_secs_f64() / (2 * bulk) as f64 * (1u64 << 30) as f64;
     row(
@@ -623,6 +624,11 @@ async fn relay_against_direct(reference_cpu_per_gib: f64) {
         "relay node CPU per relayed GiB (vs quinn's per GiB)",
         format!("{per_gib:.2} s"),
         Some((per_gib / reference_cpu_per_gib, "")),
+    );
+    row(
+        "relay node drops (rate limit, queue, unroutable)",
+        dropped.to_string(),
+        None,
     );
 }
 

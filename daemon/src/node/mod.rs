@@ -103,7 +103,7 @@ impl Default for TransportConfig {
             datagram_backlog: 256,
             preamble_timeout: Duration::from_secs(10),
             max_streams_per_peer: 1024,
-            relay_packets_per_second: 50_000.0,
+            relay_packets_per_second: 200_000.0,
             // quinn's default per stream (1.25 MB); its connection default is unbounded.
             stream_window: 1_250_000,
             connection_window: 16 << 20,
