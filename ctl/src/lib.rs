@@ -17,6 +17,7 @@
 //! with anything that takes `AsyncRead + AsyncWrite`; its `id` lets another call reset it or
 //! ask how it ended.
 
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -26,7 +27,7 @@ use tern_local::frames::{FrameIoError, read_frame, write_frame};
 use tern_local::home::{Home, HomeError};
 use tern_proto::Address;
 use tern_proto::api::{ApiError, DatagramFrame, Request, Response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,67 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// A stream waiting for a socket: [`Pending::attach`] hands the daemon a connected stream
+/// socket (a TCP connection, say), and the daemon copies between it and the overlay stream
+/// itself, with no hop through this process.
+#[derive(Debug)]
+pub struct Pending {
+    /// The daemon's id for it: see [`Client::reset`] and [`Client::outcome`].
+    pub id: u64,
+    pub peer: Address,
+    connection: UnixStream,
+}
+
+impl Pending {
+    /// Hands `socket` over (this process's copy closes) and waits until the stream has
+    /// ended: `{"end": "clean"}`, or how it broke, as [`Client::outcome`] tells.
+    pub async fn attach(mut self, socket: impl AsFd) -> Result<Value, ClientError> {
+        let descriptor = socket.as_fd().as_raw_fd();
+        let connection = self.connection.as_raw_fd();
+        loop {
+            self.connection.writable().await?;
+            match self.connection.try_io(Interest::WRITABLE, || {
+                send_descriptor(connection, descriptor)
+            }) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                sent => break sent?,
+            }
+        }
+        drop(socket);
+        Client::answer(&mut self.connection).await
+    }
+}
+
+/// One byte carrying `descriptor` as `SCM_RIGHTS`.
+fn send_descriptor(connection: RawFd, descriptor: RawFd) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is a valid empty message; the CMSG_* calls below write one
+    // header and one descriptor inside `control`, which has room for both.
+    unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        message.msg_control = control.as_mut_ptr().cast();
+        message.msg_controllen = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as _;
+        let header = libc::CMSG_FIRSTHDR(&message);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+        libc::CMSG_DATA(header)
+            .cast::<RawFd>()
+            .write_unaligned(descriptor);
+        if libc::sendmsg(connection, &message, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A stream that arrived on a listened port.
 #[derive(Debug)]
 pub struct Incoming {
@@ -124,13 +186,14 @@ pub struct Incoming {
     pub stream: Stream,
 }
 
-fn opened_stream(data: &Value, io: UnixStream) -> Result<Stream, ClientError> {
+/// The stream id and peer of a `dial` or `accept` answer.
+fn opened(data: &Value) -> Result<(u64, Address), ClientError> {
     let peer = data["peer"]
         .as_str()
         .and_then(|p| p.parse().ok())
         .ok_or(ClientError::NoAnswer)?;
     let id = data["stream"].as_u64().ok_or(ClientError::NoAnswer)?;
-    Ok(Stream { id, peer, io })
+    Ok((id, peer))
 }
 
 /// A claimed port: streams to it can be accepted, and its datagrams read, while this lives.
@@ -177,6 +240,11 @@ impl Client {
         request: &Request,
     ) -> Result<Value, ClientError> {
         write_frame(connection, request).await?;
+        Self::answer(connection).await
+    }
+
+    /// Reads one answer and returns its data.
+    async fn answer(connection: &mut UnixStream) -> Result<Value, ClientError> {
         let response: Response = read_frame(connection).await?.ok_or(ClientError::NoAnswer)?;
         match (response.ok, response.error) {
             (true, _) => Ok(response.data),
@@ -311,13 +379,34 @@ impl Client {
 
     /// Opens a stream to `port` on `target`; bytes written reach the remote listener.
     pub async fn dial(&self, target: &str, port: u16) -> Result<Stream, ClientError> {
+        let (id, peer, io) = self.dial_as(target, port, false).await?;
+        Ok(Stream { id, peer, io })
+    }
+
+    /// Opens a stream to `port` on `target` for a socket to be attached to.
+    pub async fn dial_pending(&self, target: &str, port: u16) -> Result<Pending, ClientError> {
+        let (id, peer, connection) = self.dial_as(target, port, true).await?;
+        Ok(Pending {
+            id,
+            peer,
+            connection,
+        })
+    }
+
+    async fn dial_as(
+        &self,
+        target: &str,
+        port: u16,
+        attach: bool,
+    ) -> Result<(u64, Address, UnixStream), ClientError> {
         let mut connection = self.open().await?;
         let request = Request::Dial {
             target: target.into(),
             port,
+            attach,
         };
-        let data = Self::exchange(&mut connection, &request).await?;
-        opened_stream(&data, connection)
+        let (id, peer) = opened(&Self::exchange(&mut connection, &request).await?)?;
+        Ok((id, peer, connection))
     }
 
     /// Ends a stream abnormally: its peer sees a reset with `code`, not a clean end.
@@ -394,11 +483,36 @@ impl PortListener {
 
     /// The next stream to the port (several `accept`s may wait at once).
     pub async fn accept(&self) -> Result<Incoming, ClientError> {
-        let mut connection = self.client.open().await?;
-        let data = Client::exchange(&mut connection, &Request::Accept { port: self.port }).await?;
+        let (id, peer, remote_port, io) = self.accept_as(false).await?;
         Ok(Incoming {
-            remote_port: data["remote_port"].as_u64().unwrap_or(0) as u16,
-            stream: opened_stream(&data, connection)?,
+            remote_port,
+            stream: Stream { id, peer, io },
         })
+    }
+
+    /// The next stream to the port, for a socket to be attached to; with its remote port.
+    pub async fn accept_pending(&self) -> Result<(Pending, u16), ClientError> {
+        let (id, peer, remote_port, connection) = self.accept_as(true).await?;
+        let pending = Pending {
+            id,
+            peer,
+            connection,
+        };
+        Ok((pending, remote_port))
+    }
+
+    async fn accept_as(
+        &self,
+        attach: bool,
+    ) -> Result<(u64, Address, u16, UnixStream), ClientError> {
+        let mut connection = self.client.open().await?;
+        let request = Request::Accept {
+            port: self.port,
+            attach,
+        };
+        let data = Client::exchange(&mut connection, &request).await?;
+        let (id, peer) = opened(&data)?;
+        let remote_port = data["remote_port"].as_u64().unwrap_or(0) as u16;
+        Ok((id, peer, remote_port, connection))
     }
 }

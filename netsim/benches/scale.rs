@@ -139,7 +139,10 @@ fn join() {
             running.push(tokio::spawn(async move {
                 for _ in 0..count {
                     let mut stream = app
-                        .request(&Request::Accept { port: PORT })
+                        .request(&Request::Accept {
+                            port: PORT,
+                            attach: false,
+                        })
                         .await
                         .expect("accept")
                         .connection;
@@ -155,7 +158,11 @@ fn join() {
         for &(a, b) in &pairs {
             let (app, target) = (apps[a].clone(), nodes[b].node().address().to_string());
             running.push(tokio::spawn(async move {
-                let dial = Request::Dial { target, port: PORT };
+                let dial = Request::Dial {
+                    target,
+                    port: PORT,
+                    attach: false,
+                };
                 let mut stream = app.request(&dial).await.expect("dial").connection;
                 let message = vec![(a % 251) as u8; MESSAGE];
                 stream.write_all(&message).await.expect("send");

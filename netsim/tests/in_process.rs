@@ -74,6 +74,7 @@ async fn ring(seed: u64, nodes: usize) -> Vec<TraceEntry> {
             let dial = Request::Dial {
                 target: name(to).to_string(),
                 port: PORT,
+                attach: false,
             };
             let mut stream = sender
                 .request(&dial)
@@ -88,7 +89,10 @@ async fn ring(seed: u64, nodes: usize) -> Vec<TraceEntry> {
         let receiver = app.clone();
         let expected_from = (index + nodes - 1) % nodes + 1;
         running.push(tokio::spawn(async move {
-            let accept = Request::Accept { port: PORT };
+            let accept = Request::Accept {
+                port: PORT,
+                attach: false,
+            };
             let mut stream = receiver.request(&accept).await.expect("accept").connection;
             let mut got = Vec::new();
             stream.read_to_end(&mut got).await.expect("receive");
@@ -209,6 +213,7 @@ async fn transfer_while(
         let dial = Request::Dial {
             target: name(2).to_string(),
             port: PORT,
+            attach: false,
         };
         let mut stream = sender.request(&dial).await.expect("dial").connection;
         stream.write_all(&payload_of(1, len)).await.expect("send");
@@ -217,7 +222,10 @@ async fn transfer_while(
         stream.read_to_end(&mut rest).await.expect("peer's end");
     };
     let receive = async {
-        let accept = Request::Accept { port: PORT };
+        let accept = Request::Accept {
+            port: PORT,
+            attach: false,
+        };
         let mut stream = receiver.request(&accept).await.expect("accept").connection;
         let mut got = Vec::new();
         stream.read_to_end(&mut got).await.expect("receive");

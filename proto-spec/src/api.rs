@@ -6,10 +6,19 @@
 //! in both directions (no more frames); closing the write side half-closes the stream. The
 //! answer names the stream (`data.stream`), so that another connection can `reset` it or ask
 //! for its `outcome`: a Unix socket can only say end-of-stream, not how a stream ended.
+//!
+//! With `attach`, the client hands the daemon a connected stream socket instead (one byte
+//! carrying the descriptor as `SCM_RIGHTS`, after the answer); the daemon copies between that
+//! socket and the overlay stream itself, so the client's process is off the data path, and
+//! writes the stream's outcome as one last frame when the stream has ended.
 
 use serde::{Deserialize, Serialize};
 
 pub const MAX_FRAME: usize = 64 * 1024;
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -23,19 +32,24 @@ pub enum Request {
         after: Option<String>,
     },
     /// Open a stream to `port` on `target` (an address or a name, as everywhere a `target`
-    /// appears); the connection becomes the stream.
+    /// appears); the connection becomes the stream, or with `attach`, waits for a socket.
     Dial {
         target: String,
         port: u16,
+        #[serde(default, skip_serializing_if = "is_false")]
+        attach: bool,
     },
     /// Claim `port` for as long as this connection stays open; `open` admits untrusted peers.
     Listen {
         port: u16,
         open: bool,
     },
-    /// Wait for the next stream on a port this client listens on; the connection becomes it.
+    /// Wait for the next stream on a port this client listens on; the connection becomes it,
+    /// or with `attach`, waits for a socket.
     Accept {
         port: u16,
+        #[serde(default, skip_serializing_if = "is_false")]
+        attach: bool,
     },
     /// One unreliable datagram to `port` on `target`; `data` in hex.
     SendDatagram {
@@ -222,10 +236,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attach_is_left_out_unless_asked_for() {
+        let accept = Request::Accept {
+            port: 7,
+            attach: true,
+        };
+        let frame = encode(&accept).unwrap();
+        assert_eq!(&frame[4..], br#"{"op":"accept","port":7,"attach":true}"#);
+        let plain: Request = decode(br#"{"op":"accept","port":7}"#).unwrap();
+        assert_eq!(
+            plain,
+            Request::Accept {
+                port: 7,
+                attach: false
+            }
+        );
+    }
+
+    #[test]
     fn requests_round_trip_in_their_documented_json() {
         let dial = Request::Dial {
             target: "a1b2:c3d4:e5f6".into(),
             port: 7,
+            attach: false,
         };
         let frame = encode(&dial).unwrap();
         assert_eq!(

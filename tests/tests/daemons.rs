@@ -327,6 +327,89 @@ fn datagrams_reach_a_listening_client_and_private_ports_drop_untrusted_ones() {
 }
 
 #[test]
+fn an_attached_socket_carries_the_stream_and_a_bad_handover_breaks_only_that_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = Daemon::pair();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client_a = tern_ctl::Client::for_home(Some(a.home.path().to_path_buf())).unwrap();
+        let client_b = tern_ctl::Client::for_home(Some(b.home.path().to_path_buf())).unwrap();
+        let listener = client_a.listen(6100, true).await.unwrap();
+        let accept = || async { listener.accept().await.unwrap().stream };
+
+        // Any connected stream socket will do: here one end of a Unix socket pair.
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
+        let attached = tokio::spawn(pending.attach(theirs));
+        let mut remote = accept().await;
+        let mut ours = ours;
+        ours.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        remote.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        remote.write_all(b"pong").await.unwrap();
+        remote.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        ours.shutdown().await.unwrap();
+        ours.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"pong");
+        let outcome = attached.await.unwrap().unwrap();
+        assert_eq!(outcome["end"], "clean", "{outcome}");
+
+        // A client that leaves without handing over a socket breaks its stream, visibly.
+        let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
+        let id = pending.id;
+        let mut remote = accept().await;
+        drop(pending);
+        let mut rest = Vec::new();
+        assert!(remote.read_to_end(&mut rest).await.is_ok());
+        let outcome = client_a.outcome(remote.id).await.unwrap();
+        assert_eq!(outcome["end"], "broken", "{outcome}");
+        let outcome = client_b.outcome(id).await.unwrap();
+        assert_eq!(outcome["end"], "broken", "{outcome}");
+
+        // A descriptor that is not a stream socket is refused, with a reason.
+        let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
+        let _remote = accept().await;
+        let datagram = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let outcome = pending.attach(datagram).await.unwrap();
+        assert_eq!(outcome["end"], "broken", "{outcome}");
+        assert!(
+            outcome["detail"]
+                .as_str()
+                .unwrap()
+                .contains("not a stream socket"),
+            "{outcome}"
+        );
+
+        // Stream bytes where the descriptor should be.
+        let mut raw = tokio::net::UnixStream::connect(b.home.path().join("ternd.sock"))
+            .await
+            .unwrap();
+        let dial =
+            serde_json::json!({"op": "dial", "target": a.address, "port": 6100, "attach": true});
+        let body = serde_json::to_vec(&dial).unwrap();
+        raw.write_u32(body.len() as u32).await.unwrap();
+        raw.write_all(&body).await.unwrap();
+        let read = async |conn: &mut tokio::net::UnixStream| {
+            let len = conn.read_u32().await.unwrap() as usize;
+            let mut body = vec![0u8; len];
+            conn.read_exact(&mut body).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        };
+        assert_eq!(read(&mut raw).await["ok"], true);
+        let _remote = accept().await;
+        raw.write_all(b"hello").await.unwrap();
+        let outcome = read(&mut raw).await;
+        assert_eq!(outcome["data"]["end"], "broken", "{outcome}");
+        assert!(
+            client_b.status().await.is_ok(),
+            "the daemon stopped answering"
+        );
+    });
+}
+
+#[test]
 fn a_restarted_rendezvous_still_holds_the_records_registered_with_it() {
     let (a, b) = Daemon::pair();
     b.wait_registered();

@@ -342,6 +342,7 @@ fn local_api_frames() {
         api::encode(&api::Request::Dial {
             target: "a1b2:c3d4:e5f6".into(),
             port: 7,
+            attach: false,
         })
         .unwrap(),
         br#"{"op":"peers","after":"0000:0000:0001"}"#.to_vec(),

@@ -8,15 +8,16 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tern_proto::api::{DatagramFrame, PAGE_BUDGET, Request, Response, page};
 use tern_proto::{Address, Name};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixListener;
+use tokio::sync::oneshot;
 
 pub use tern_local::frames::{FrameIoError, read_frame, write_frame};
 
 use super::Daemon;
 use crate::backoff::accept_patiently;
 use crate::discovery::FindError;
-use crate::env::LinkIo;
+use crate::env::ApiConnection;
 use crate::node::{DialError, OverlayStream};
 use crate::services::apps::AppError;
 use crate::services::names::NameError;
@@ -192,7 +193,10 @@ fn answer(result: Result<Value, impl Failure>) -> Response {
 
 /// Serves one local API client over any byte stream: the Unix socket's, or an in-memory pipe
 /// of a simulated app. Whoever calls this has checked who the client is.
-pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(), FrameIoError> {
+pub async fn serve_client<S: ApiConnection>(
+    daemon: &Daemon,
+    mut client: S,
+) -> Result<(), FrameIoError> {
     loop {
         let request =
             match tokio::time::timeout(REQUEST_TIMEOUT, read_frame::<Request>(&mut client)).await {
@@ -395,7 +399,11 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                 };
                 write_frame(&mut client, &response).await?
             }
-            Request::Dial { target, port } => {
+            Request::Dial {
+                target,
+                port,
+                attach,
+            } => {
                 let peer = match resolve(daemon, &target).await {
                     Ok(peer) => peer,
                     Err(response) => {
@@ -408,18 +416,18 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
                         let handle = daemon.streams().open();
                         let opened = json!({ "stream": handle.id, "peer": peer, "port": port, "local_port": stream.local_port });
                         write_frame(&mut client, &Response::success(opened)).await?;
-                        splice(client, stream, handle).await;
+                        serve_stream(client, stream, handle, attach).await;
                         return Ok(());
                     }
                     Err(e) => write_frame(&mut client, &e.failure()).await?,
                 }
             }
-            Request::Accept { port } => match daemon.apps().accept(port).await {
+            Request::Accept { port, attach } => match daemon.apps().accept(port).await {
                 Ok(Some(stream)) => {
                     let handle = daemon.streams().open();
                     let accepted = json!({ "stream": handle.id, "peer": stream.peer, "port": port, "remote_port": stream.remote_port });
                     write_frame(&mut client, &Response::success(accepted)).await?;
-                    splice(client, stream, handle).await;
+                    serve_stream(client, stream, handle, attach).await;
                     return Ok(());
                 }
                 Ok(None) => {
@@ -432,17 +440,78 @@ pub async fn serve_client<S: LinkIo>(daemon: &Daemon, mut client: S) -> Result<(
     }
 }
 
+/// The stream ends in the daemon: with `attach`, between the overlay stream and the socket
+/// the client hands over; otherwise between the overlay stream and the API connection.
+async fn serve_stream<S: ApiConnection>(
+    mut client: S,
+    stream: OverlayStream,
+    mut handle: StreamHandle,
+    attach: bool,
+) {
+    if !attach {
+        let outcome = splice(client, stream, &mut handle.abort).await;
+        let _ = handle.done.send(Some(outcome));
+        return;
+    }
+    let outcome = splice_attached(&mut client, stream, &mut handle.abort).await;
+    let _ = handle.done.send(Some(outcome.clone()));
+    let _ = write_frame(&mut client, &Response::success(json!(outcome))).await;
+}
+
+/// Waits for the client's socket, then copies between it and the stream.
+async fn splice_attached<S: ApiConnection>(
+    client: &mut S,
+    stream: OverlayStream,
+    abort: &mut oneshot::Receiver<u32>,
+) -> Outcome {
+    let received = tokio::select! {
+        received = tokio::time::timeout(REQUEST_TIMEOUT, client.receive_socket()) => received,
+        Ok(code) = &mut *abort => return conclude(stream, Outcome::Reset { code }),
+    };
+    let mut socket = match received {
+        Ok(Ok(Some(socket))) => socket,
+        failed => {
+            let detail = match failed {
+                Err(_) => format!("no socket handed over within {REQUEST_TIMEOUT:?}"),
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "the client left before handing over a socket".to_string(),
+            };
+            return conclude(stream, Outcome::Broken { detail });
+        }
+    };
+    // Request/reply traffic: each chunk quinn hands over goes out at once.
+    let _ = socket.set_nodelay(true);
+    let outcome = splice(&mut socket, stream, abort).await;
+    if outcome != Outcome::Clean {
+        // Closing with a zero linger sends RST: the local application sees a failure, not
+        // a clean end.
+        let _ = socket.set_zero_linger();
+    }
+    outcome
+}
+
+/// A stream that did not end cleanly is reset both ways, so the peer sees it broken.
+fn conclude(mut stream: OverlayStream, outcome: Outcome) -> Outcome {
+    let code = match outcome {
+        Outcome::Clean => return outcome,
+        Outcome::Broken { .. } => STREAM_BROKEN,
+        Outcome::Reset { code } => code,
+    };
+    let _ = stream.send.reset(code.into());
+    let _ = stream.recv.stop(code.into());
+    outcome
+}
+
 /// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
 /// A failure, or a `reset` request, resets the QUIC stream so the peer sees a broken stream
 /// rather than a clean end.
-async fn splice<S: LinkIo>(client: S, mut stream: OverlayStream, handle: StreamHandle) {
-    enum End {
-        Copied(std::io::Result<()>),
-        ResetRequested(u32),
-    }
-    let mut abort = handle.abort;
-    let (mut from_client, mut to_client) = tokio::io::split(client);
-    let end = {
+async fn splice(
+    local: impl AsyncRead + AsyncWrite + Unpin,
+    mut stream: OverlayStream,
+    abort: &mut oneshot::Receiver<u32>,
+) -> Outcome {
+    let (mut from_client, mut to_client) = tokio::io::split(local);
+    let copied = {
         let (send, recv) = (&mut stream.send, &mut stream.recv);
         // The client's bytes go to quinn as chunks of one region it holds until they are
         // acknowledged (no copy). Regions and the download buffer start small and grow only
@@ -475,24 +544,17 @@ async fn splice<S: LinkIo>(client: S, mut stream: OverlayStream, handle: StreamH
             to_client.shutdown().await
         };
         tokio::select! {
-            copied = async { tokio::try_join!(upload, download).map(|_| ()) } => End::Copied(copied),
-            Ok(code) = &mut abort => End::ResetRequested(code),
+            copied = async { tokio::try_join!(upload, download).map(|_| ()) } => copied,
+            Ok(code) = abort => return conclude(stream, Outcome::Reset { code }),
         }
     };
-    let outcome = match end {
-        End::Copied(Ok(())) => Outcome::Clean,
-        End::Copied(Err(e)) => {
-            let _ = stream.send.reset(STREAM_BROKEN.into());
-            let _ = stream.recv.stop(STREAM_BROKEN.into());
+    match copied {
+        Ok(()) => Outcome::Clean,
+        Err(e) => conclude(
+            stream,
             Outcome::Broken {
                 detail: e.to_string(),
-            }
-        }
-        End::ResetRequested(code) => {
-            let _ = stream.send.reset(code.into());
-            let _ = stream.recv.stop(code.into());
-            Outcome::Reset { code }
-        }
-    };
-    let _ = handle.done.send(Some(outcome));
+            },
+        ),
+    }
 }

@@ -20,6 +20,7 @@ use mainline::async_dht::AsyncDht;
 use quinn::AsyncUdpSocket;
 use tern_proto::SecretIdentity;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::home::{Home, HomeError};
 
@@ -41,6 +42,23 @@ pub struct BoundUdp {
 /// A byte stream a TCP link runs over.
 pub trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
+
+/// A local API connection. A Unix socket can also carry a connected stream socket from the
+/// client (`attach`), which the daemon then copies to and from itself.
+pub trait ApiConnection: LinkIo {
+    /// The socket the client sends next; `Ok(None)` if it closed the connection instead.
+    fn receive_socket(&mut self) -> impl Future<Output = io::Result<Option<TcpStream>>> + Send;
+}
+
+/// Simulated clients share the daemon's process: they have no descriptors to hand over.
+impl ApiConnection for tokio::io::DuplexStream {
+    async fn receive_socket(&mut self) -> io::Result<Option<TcpStream>> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "only a Unix socket connection can hand over a socket",
+        ))
+    }
+}
 
 /// One TCP connection (or what stands in for one), with the address of its other end.
 pub struct LinkStream {

@@ -238,3 +238,91 @@ pub fn start_node(
     let socket = wrap_udp(socket, config.socket_buffer_bytes).map_err(NodeError::Socket)?;
     Node::start(identity, socket, OsEnv::shared(), config)
 }
+
+/// A client hands over a socket as one byte carrying its descriptor (`SCM_RIGHTS`).
+impl super::ApiConnection for tokio::net::UnixStream {
+    async fn receive_socket(&mut self) -> io::Result<Option<tokio::net::TcpStream>> {
+        let raw = self.as_raw_fd();
+        let received = loop {
+            self.readable().await?;
+            match self.try_io(tokio::io::Interest::READABLE, || receive_descriptor(raw)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                received => break received?,
+            }
+        };
+        let Some(descriptor) = received else {
+            return Ok(None);
+        };
+        let mut kind: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `kind` and `len` are valid for writes of the sizes given.
+        let got = unsafe {
+            libc::getsockopt(
+                descriptor.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TYPE,
+                (&raw mut kind).cast(),
+                &mut len,
+            )
+        };
+        if got != 0 || kind != libc::SOCK_STREAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor handed over is not a stream socket",
+            ));
+        }
+        let socket = std::net::TcpStream::from(descriptor);
+        socket.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(socket).map(Some)
+    }
+}
+
+/// One `recvmsg` of a byte and at most one descriptor (the kernel closes any past the room
+/// given); `None` at end of file, an error if bytes came without a descriptor.
+fn receive_descriptor(socket: std::os::fd::RawFd) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: an all-zero msghdr is a valid empty message.
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = &mut iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: every pointer in `message` points at live buffers of the lengths it gives.
+    let n = unsafe { libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut descriptor = None;
+    // SAFETY: the CMSG_* walk stays within the control buffer the kernel filled.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&message);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let room = (*header).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                for i in 0..room / std::mem::size_of::<libc::c_int>() {
+                    // Ours now: the kernel installed it for this process. Extras close on drop.
+                    let fd = OwnedFd::from_raw_fd(data.add(i).read_unaligned());
+                    if descriptor.is_none() {
+                        descriptor = Some(fd);
+                    }
+                }
+            }
+            header = libc::CMSG_NXTHDR(&message, header);
+        }
+    }
+    match (n, descriptor) {
+        (_, Some(descriptor)) => Ok(Some(descriptor)),
+        (0, None) => Ok(None),
+        (_, None) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "expected a socket handed over (SCM_RIGHTS) after an attach answer, got stream bytes",
+        )),
+    }
+}

@@ -140,7 +140,13 @@ async fn listen(world: &dyn World, node: &str, port: u16) -> Result<Box<dyn Link
 
 async fn accept(world: &dyn World, node: &str, port: u16) -> Result<Box<dyn LinkIo>, String> {
     Ok(world
-        .request(node, Request::Accept { port })
+        .request(
+            node,
+            Request::Accept {
+                port,
+                attach: false,
+            },
+        )
         .await?
         .connection)
 }
@@ -154,6 +160,7 @@ async fn dial(
     let dial = Request::Dial {
         target: to.to_string(),
         port,
+        attach: false,
     };
     Ok(world.request(from, dial).await?.connection)
 }

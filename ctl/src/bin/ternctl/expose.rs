@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::output::{Failure, Report};
-use crate::{bridge, failure, shutdown_signal};
+use crate::{attach, failure, shutdown_signal};
 use tern_ctl::Client;
 
 #[derive(Args)]
@@ -35,20 +35,20 @@ pub async fn run(client: &Client, args: ExposeArgs) -> Result<Report, Failure> {
     eprintln!("ready: exposing {} as port {}", args.to, args.port);
     let serve = async {
         loop {
-            let incoming = listener.accept().await.map_err(failure)?;
+            let (stream, _) = listener.accept_pending().await.map_err(failure)?;
             let to = args.to;
             let client = client.clone();
             tokio::spawn(async move {
-                let peer = incoming.stream.peer;
+                let (peer, id) = (stream.peer, stream.id);
                 match tokio::net::TcpStream::connect(to).await {
                     Ok(tcp) => {
-                        if let Err(e) = bridge(&client, incoming.stream, tcp).await {
+                        if let Err(e) = attach(stream, tcp).await {
                             eprintln!("stream from {peer} to {to}: {e}");
                         }
                     }
                     Err(e) => {
                         eprintln!("cannot reach {to} for a stream from {peer}: {e}");
-                        let _ = client.reset(incoming.stream.id, 1).await;
+                        let _ = client.reset(id, 1).await;
                     }
                 }
             });

@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::output::{Failure, Report};
-use crate::{bridge, check_target, failure, shutdown_signal};
+use crate::{attach, check_target, failure, shutdown_signal};
 use tern_ctl::Client;
 
 #[derive(Args)]
@@ -46,9 +46,9 @@ pub async fn run(client: &Client, args: ForwardArgs) -> Result<Report, Failure> 
             };
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
-                match client.dial(&target, port).await {
+                match client.dial_pending(&target, port).await {
                     Ok(stream) => {
-                        if let Err(e) = bridge(&client, stream, conn).await {
+                        if let Err(e) = attach(stream, conn).await {
                             eprintln!("connection from {from}: {e}");
                         }
                     }

@@ -195,63 +195,24 @@ pub async fn shutdown_signal() {
 /// transfers take few system calls; a small message still goes through at once).
 const BRIDGE_BUFFER: usize = 256 * 1024;
 
-/// Joins an overlay stream and a local TCP connection (forward, expose). FIN passes as FIN
-/// both ways; a TCP reset resets the stream, and a stream reset or broken on the other side
-/// resets the TCP connection: closing stays distinguishable from failing, which is how HTTP
-/// clients cancel.
-pub async fn bridge(
-    client: &Client,
-    stream: tern_ctl::Stream,
-    tcp: tokio::net::TcpStream,
-) -> Result<(), String> {
-    use tokio::io::{AsyncWriteExt, BufReader};
-    const LOCAL_FAILURE: u32 = 1;
-    let id = stream.id;
-    let (mut from_stream, mut to_stream) = stream.io.into_split();
-    let (mut from_tcp, mut to_tcp) = tcp.into_split();
-    // A broken stream has ended by the time its local connection reports end of file; a
-    // clean half-close has not (the other direction still runs).
-    let broke = |outcome: Option<serde_json::Value>| outcome.is_some_and(|o| o["end"] != "clean");
-    let upload = async {
-        match tokio::io::copy_buf(
-            &mut BufReader::with_capacity(BRIDGE_BUFFER, &mut from_tcp),
-            &mut to_stream,
-        )
-        .await
-        {
-            Ok(_) => {
-                to_stream.shutdown().await.ok();
-                Ok(())
-            }
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    let download = async {
-        tokio::io::copy_buf(
-            &mut BufReader::with_capacity(BRIDGE_BUFFER, &mut from_stream),
-            &mut to_tcp,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if broke(client.outcome_now(id).await.map_err(|e| e.to_string())?) {
-            return Err("the stream was reset or broke on the other side".to_string());
-        }
-        to_tcp.shutdown().await.ok();
-        Ok(())
-    };
-    let failed = match tokio::try_join!(upload, download) {
-        Ok(_) => return Ok(()),
-        Err(e) => e,
-    };
-    if !broke(client.outcome_now(id).await.ok().flatten()) {
-        // The local side failed: tell the other side.
-        let _ = client.reset(id, LOCAL_FAILURE).await;
+/// Hands `tcp` to the daemon, which copies between it and `stream` itself (forward, expose),
+/// and waits for the stream to end. FIN passes as FIN both ways; a TCP reset resets the
+/// stream, and a stream reset or broken on the other side resets the TCP connection, so
+/// closing stays distinguishable from failing (which is how HTTP clients cancel). An error
+/// says how it broke.
+pub async fn attach(stream: tern_ctl::Pending, tcp: tokio::net::TcpStream) -> Result<(), String> {
+    let outcome = stream.attach(tcp).await.map_err(|e| failure(e).message)?;
+    match outcome["end"].as_str() {
+        Some("clean") => Ok(()),
+        Some("reset") => Err(format!(
+            "the stream was reset with code {}",
+            outcome["code"]
+        )),
+        _ => Err(format!(
+            "the stream broke: {}",
+            outcome["detail"].as_str().unwrap_or("no detail given")
+        )),
     }
-    // Dropping with a zero linger sends RST instead of FIN.
-    if let Ok(tcp) = from_tcp.reunite(to_tcp) {
-        let _ = tcp.set_zero_linger();
-    }
-    Err(failed)
 }
 
 /// Copies both ways until both directions ended; each side's EOF becomes the other's FIN.
