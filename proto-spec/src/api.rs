@@ -10,7 +10,8 @@
 //! With `attach`, the client hands the daemon a connected stream socket instead (one byte
 //! carrying the descriptor as `SCM_RIGHTS`, after the answer); the daemon copies between that
 //! socket and the overlay stream itself, so the client's process is off the data path, and
-//! writes the stream's outcome as one last frame when the stream has ended.
+//! writes the stream's outcome as one last frame when the stream has ended. Closing the API
+//! connection before then breaks the stream.
 
 use serde::{Deserialize, Serialize};
 

@@ -368,6 +368,21 @@ fn an_attached_socket_carries_the_stream_and_a_bad_handover_breaks_only_that_str
         let outcome = client_b.outcome(id).await.unwrap();
         assert_eq!(outcome["end"], "broken", "{outcome}");
 
+        // The stream lives while the client that attached it does.
+        let (_ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
+        let attached = tokio::spawn(pending.attach(theirs));
+        let mut remote = accept().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        attached.abort();
+        let mut rest = Vec::new();
+        assert!(
+            remote.read_to_end(&mut rest).await.is_ok(),
+            "the stream reached end of file"
+        );
+        let outcome = client_a.outcome(remote.id).await.unwrap();
+        assert_eq!(outcome["end"], "broken", "{outcome}");
+
         // A descriptor that is not a stream socket is refused, with a reason.
         let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
         let _remote = accept().await;

@@ -449,11 +449,19 @@ async fn serve_stream<S: ApiConnection>(
     attach: bool,
 ) {
     if !attach {
-        let outcome = splice(client, stream, &mut handle.abort).await;
+        let reset = async {
+            match (&mut handle.abort).await {
+                Ok(code) => Outcome::Reset { code },
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let outcome = splice(client, stream, reset).await;
         let _ = handle.done.send(Some(outcome));
         return;
     }
     let outcome = splice_attached(&mut client, stream, &mut handle.abort).await;
+    // Ended: a `reset` from now on finds nothing to reset.
+    handle.abort.close();
     let _ = handle.done.send(Some(outcome.clone()));
     let _ = write_frame(&mut client, &Response::success(json!(outcome))).await;
 }
@@ -481,7 +489,17 @@ async fn splice_attached<S: ApiConnection>(
     };
     // Request/reply traffic: each chunk quinn hands over goes out at once.
     let _ = socket.set_nodelay(true);
-    let outcome = splice(&mut socket, stream, abort).await;
+    // The stream lives while its client does: stopping `ternctl forward` ends what it forwards.
+    let stop = async {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            Ok(code) = &mut *abort => Outcome::Reset { code },
+            _ = client.read(&mut byte) => Outcome::Broken {
+                detail: "the client that attached the socket left".to_string(),
+            },
+        }
+    };
+    let outcome = splice(&mut socket, stream, stop).await;
     if outcome != Outcome::Clean {
         // Closing with a zero linger sends RST: the local application sees a failure, not
         // a clean end.
@@ -503,12 +521,12 @@ fn conclude(mut stream: OverlayStream, outcome: Outcome) -> Outcome {
 }
 
 /// Copies both ways until both sides have ended; each side's EOF becomes the other's FIN.
-/// A failure, or a `reset` request, resets the QUIC stream so the peer sees a broken stream
-/// rather than a clean end.
+/// A failure, or `stop` (a `reset` request, say), resets the QUIC stream so the peer sees a
+/// broken stream rather than a clean end.
 async fn splice(
     local: impl AsyncRead + AsyncWrite + Unpin,
     mut stream: OverlayStream,
-    abort: &mut oneshot::Receiver<u32>,
+    stop: impl Future<Output = Outcome>,
 ) -> Outcome {
     let (mut from_client, mut to_client) = tokio::io::split(local);
     let copied = {
@@ -545,7 +563,7 @@ async fn splice(
         };
         tokio::select! {
             copied = async { tokio::try_join!(upload, download).map(|_| ()) } => copied,
-            Ok(code) = abort => return conclude(stream, Outcome::Reset { code }),
+            stopped = stop => return conclude(stream, stopped),
         }
     };
     match copied {
