@@ -17,7 +17,7 @@
 //! with anything that takes `AsyncRead + AsyncWrite`; its `id` lets another call reset it or
 //! ask how it ended.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -130,22 +130,48 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Hands `socket` over (this process's copy closes) and waits until the stream has
-    /// ended: `{"end": "clean"}`, or how it broke, as [`Client::outcome`] tells.
-    pub async fn attach(mut self, socket: impl AsFd) -> Result<Value, ClientError> {
-        let descriptor = socket.as_fd().as_raw_fd();
-        let connection = self.connection.as_raw_fd();
-        loop {
+    /// Hands `socket` over and waits until the stream has ended: `{"end": "clean"}`, or how
+    /// it broke, as [`Client::outcome`] tells. This process keeps its copy until then, so
+    /// that a failed handover, or a daemon that goes away, resets the connection (TCP RST)
+    /// rather than closing it as if the stream had ended.
+    pub async fn attach(mut self, socket: impl Into<OwnedFd>) -> Result<Value, ClientError> {
+        let socket = socket.into();
+        let (descriptor, connection) = (socket.as_raw_fd(), self.connection.as_raw_fd());
+        let sent = loop {
             self.connection.writable().await?;
             match self.connection.try_io(Interest::WRITABLE, || {
                 send_descriptor(connection, descriptor)
             }) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                sent => break sent?,
+                sent => break sent,
             }
+        };
+        let outcome = match sent {
+            Ok(()) => Client::answer(&mut self.connection).await,
+            Err(e) => Err(e.into()),
+        };
+        if !matches!(&outcome, Ok(end) if end["end"] == "clean") {
+            reset_on_close(&socket);
         }
-        drop(socket);
-        Client::answer(&mut self.connection).await
+        outcome
+    }
+}
+
+/// A zero linger: closing the last copy of a TCP socket sends a reset (not TCP: no effect).
+fn reset_on_close(socket: &OwnedFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is valid for reads of its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 

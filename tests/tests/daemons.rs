@@ -340,7 +340,7 @@ fn an_attached_socket_carries_the_stream_and_a_bad_handover_breaks_only_that_str
         // Any connected stream socket will do: here one end of a Unix socket pair.
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
-        let attached = tokio::spawn(pending.attach(theirs));
+        let attached = tokio::spawn(pending.attach(theirs.into_std().unwrap()));
         let mut remote = accept().await;
         let mut ours = ours;
         ours.write_all(b"ping").await.unwrap();
@@ -371,7 +371,7 @@ fn an_attached_socket_carries_the_stream_and_a_bad_handover_breaks_only_that_str
         // The stream lives while the client that attached it does.
         let (_ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         let pending = client_b.dial_pending(&a.address, 6100).await.unwrap();
-        let attached = tokio::spawn(pending.attach(theirs));
+        let attached = tokio::spawn(pending.attach(theirs.into_std().unwrap()));
         let mut remote = accept().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         attached.abort();
@@ -421,6 +421,46 @@ fn an_attached_socket_carries_the_stream_and_a_bad_handover_breaks_only_that_str
             client_b.status().await.is_ok(),
             "the daemon stopped answering"
         );
+    });
+}
+
+#[test]
+fn a_client_that_makes_its_attached_sockets_blocking_cannot_stall_the_daemon() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = Daemon::pair();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client_a = tern_ctl::Client::for_home(Some(a.home.path().to_path_buf())).unwrap();
+        let client_b = tern_ctl::Client::for_home(Some(b.home.path().to_path_buf())).unwrap();
+        let listener = client_a.listen(6101, true).await.unwrap();
+        // More streams than the daemon has runtime workers, each socket's open file set to
+        // blocking by the client (which shares it with the daemon): a daemon that trusted
+        // O_NONBLOCK would block a worker in read(2) on each one after the first bytes.
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let (mut ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+            let theirs = theirs.into_std().unwrap();
+            theirs.set_nonblocking(false).unwrap();
+            let pending = client_b.dial_pending(&a.address, 6101).await.unwrap();
+            let attached = tokio::spawn(pending.attach(theirs));
+            let mut remote = listener.accept().await.unwrap().stream;
+            ours.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            remote.read_exact(&mut got).await.unwrap();
+            streams.push((ours, remote, attached));
+        }
+        let status = tokio::time::timeout(Duration::from_secs(5), client_b.status()).await;
+        assert!(matches!(status, Ok(Ok(_))), "the daemon stopped answering");
+        for (mut ours, mut remote, attached) in streams {
+            remote.write_all(b"pong").await.unwrap();
+            remote.shutdown().await.unwrap();
+            ours.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            ours.read_to_end(&mut reply).await.unwrap();
+            assert_eq!(reply, b"pong");
+            let outcome = attached.await.unwrap().unwrap();
+            assert_eq!(outcome["end"], "clean", "{outcome}");
+        }
     });
 }
 

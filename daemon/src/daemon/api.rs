@@ -487,8 +487,6 @@ async fn splice_attached<S: ApiConnection>(
             return conclude(stream, Outcome::Broken { detail });
         }
     };
-    // Request/reply traffic: each chunk quinn hands over goes out at once.
-    let _ = socket.set_nodelay(true);
     // The stream lives while its client does: stopping `ternctl forward` ends what it forwards.
     let stop = async {
         let mut byte = [0u8; 1];
@@ -501,9 +499,7 @@ async fn splice_attached<S: ApiConnection>(
     };
     let outcome = splice(&mut socket, stream, stop).await;
     if outcome != Outcome::Clean {
-        // Closing with a zero linger sends RST: the local application sees a failure, not
-        // a clean end.
-        let _ = socket.set_zero_linger();
+        socket.reset_on_close();
     }
     outcome
 }

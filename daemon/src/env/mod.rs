@@ -20,7 +20,6 @@ use mainline::async_dht::AsyncDht;
 use quinn::AsyncUdpSocket;
 use tern_proto::SecretIdentity;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::home::{Home, HomeError};
 
@@ -47,12 +46,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> LinkIo for T {}
 /// client (`attach`), which the daemon then copies to and from itself.
 pub trait ApiConnection: LinkIo {
     /// The socket the client sends next; `Ok(None)` if it closed the connection instead.
-    fn receive_socket(&mut self) -> impl Future<Output = io::Result<Option<TcpStream>>> + Send;
+    fn receive_socket(
+        &mut self,
+    ) -> impl Future<Output = io::Result<Option<os::AttachedSocket>>> + Send;
 }
 
 /// Simulated clients share the daemon's process: they have no descriptors to hand over.
 impl ApiConnection for tokio::io::DuplexStream {
-    async fn receive_socket(&mut self) -> io::Result<Option<TcpStream>> {
+    async fn receive_socket(&mut self) -> io::Result<Option<os::AttachedSocket>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "only a Unix socket connection can hand over a socket",

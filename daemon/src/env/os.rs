@@ -241,7 +241,7 @@ pub fn start_node(
 
 /// A client hands over a socket as one byte carrying its descriptor (`SCM_RIGHTS`).
 impl super::ApiConnection for tokio::net::UnixStream {
-    async fn receive_socket(&mut self) -> io::Result<Option<tokio::net::TcpStream>> {
+    async fn receive_socket(&mut self) -> io::Result<Option<AttachedSocket>> {
         let raw = self.as_raw_fd();
         let received = loop {
             self.readable().await?;
@@ -271,9 +271,136 @@ impl super::ApiConnection for tokio::net::UnixStream {
                 "the descriptor handed over is not a stream socket",
             ));
         }
-        let socket = std::net::TcpStream::from(descriptor);
-        socket.set_nonblocking(true)?;
-        tokio::net::TcpStream::from_std(socket).map(Some)
+        AttachedSocket::new(descriptor).map(Some)
+    }
+}
+
+/// A stream socket a client handed over. The client may still hold the same open file (and
+/// can change its flags), so every call passes `MSG_DONTWAIT` rather than trusting
+/// `O_NONBLOCK`: nothing the client does to it can block a runtime worker.
+pub struct AttachedSocket(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl AttachedSocket {
+    fn new(descriptor: std::os::fd::OwnedFd) -> io::Result<Self> {
+        // SAFETY: an `OwnedFd` stays open, on the same file, for as long as it is owned.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(descriptor) };
+        let socket = Self(registered.map_err(io::Error::from)?);
+        // Request/reply traffic: each chunk quinn hands over goes out at once. (Not TCP:
+        // nothing to set.)
+        let _ = socket.set_option(libc::IPPROTO_TCP, libc::TCP_NODELAY, &(1 as libc::c_int));
+        Ok(socket)
+    }
+
+    /// Closing sends a TCP reset rather than a FIN, so the local application sees a
+    /// failure, not a clean end.
+    pub fn reset_on_close(&self) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let _ = self.set_option(libc::SOL_SOCKET, libc::SO_LINGER, &linger);
+    }
+
+    fn set_option<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+        // SAFETY: `value` is valid for reads of its size.
+        let set = unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                level,
+                name,
+                (value as *const T).cast(),
+                std::mem::size_of::<T>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for AttachedSocket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            let mut ready = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            let received = ready.try_io(|fd| {
+                // SAFETY: `unfilled` is valid for writes of its length.
+                let n = unsafe {
+                    libc::recv(
+                        fd.as_raw_fd(),
+                        unfilled.as_mut_ptr().cast(),
+                        unfilled.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            if let Ok(received) = received {
+                buf.advance(received?);
+                return std::task::Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for AttachedSocket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            let mut ready = std::task::ready!(self.0.poll_write_ready(cx))?;
+            let sent = ready.try_io(|fd| {
+                // SAFETY: `data` is valid for reads of its length.
+                let n = unsafe {
+                    libc::send(
+                        fd.as_raw_fd(),
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            if let Ok(sent) = sent {
+                return std::task::Poll::Ready(sent);
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        // SAFETY: a plain call on a descriptor this value owns.
+        let done = unsafe { libc::shutdown(self.0.as_raw_fd(), libc::SHUT_WR) };
+        std::task::Poll::Ready(if done == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        })
     }
 }
 
@@ -319,6 +446,10 @@ fn receive_descriptor(socket: std::os::fd::RawFd) -> io::Result<Option<std::os::
     }
     match (n, descriptor) {
         (_, Some(descriptor)) => Ok(Some(descriptor)),
+        (_, None) if message.msg_flags & libc::MSG_CTRUNC != 0 => Err(io::Error::other(
+            "the daemon could not take the socket handed over (the kernel dropped it: \
+             most likely ternd is at its open-file limit; raise `ulimit -n` for it)",
+        )),
         (0, None) => Ok(None),
         (_, None) => Err(io::Error::new(
             io::ErrorKind::InvalidData,

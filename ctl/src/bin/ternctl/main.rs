@@ -201,6 +201,9 @@ const BRIDGE_BUFFER: usize = 256 * 1024;
 /// closing stays distinguishable from failing (which is how HTTP clients cancel). An error
 /// says how it broke.
 pub async fn attach(stream: tern_ctl::Pending, tcp: tokio::net::TcpStream) -> Result<(), String> {
+    let tcp = tcp
+        .into_std()
+        .map_err(|e| format!("could not hand the connection over: {e}"))?;
     let outcome = stream.attach(tcp).await.map_err(|e| failure(e).message)?;
     match outcome["end"].as_str() {
         Some("clean") => Ok(()),
