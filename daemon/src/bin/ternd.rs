@@ -99,6 +99,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Every local API connection and every attached socket is a descriptor: take the hard limit
+/// rather than the soft one (often 1,024), as servers do.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is valid for reads and writes of its size.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let home = Home::resolve(cli.home)?;
     match cli.command {
@@ -134,6 +151,7 @@ fn print_id(home: &Home, json: bool) -> Result<()> {
 }
 
 fn serve(home: Home, args: RunArgs, rendezvous_role: bool) -> Result<()> {
+    raise_open_file_limit();
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
