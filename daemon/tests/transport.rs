@@ -159,7 +159,12 @@ async fn stun_and_sealed_pings_share_the_socket_with_a_live_transfer() {
         let _ = stream.send.stopped().await;
     });
     for _ in 0..5 {
-        assert_eq!(a.stun(b.local_addr()).await.unwrap(), a.local_addr());
+        let answer = a
+            .stun(b.local_addr(), false, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(answer.mapped, a.local_addr());
+        assert!(answer.other.is_some(), "every node has a second STUN port");
         let rtt = a.ping(b.address(), None).await.unwrap();
         assert!(rtt < Duration::from_secs(5));
         let rtt_back = b.ping(a.address(), None).await.unwrap();

@@ -182,7 +182,7 @@ fn demux_and_relay_frames() {
     };
     let mut frame = relay.encode().to_vec();
     frame.extend_from_slice(&[0x40; 40]);
-    let stun = tern_daemon::transport::stun::binding_request([3; 12]).1;
+    let stun = tern_daemon::transport::stun::binding_request([3; 12], true).1;
     fuzz(
         "demux",
         vec![frame, stun, vec![0xc0; 60], vec![0x20; 30]],
@@ -373,12 +373,14 @@ fn config_files() {
 #[test]
 fn stun_messages() {
     use tern_daemon::transport::stun;
-    let (_, request) = stun::binding_request([3; 12]);
+    let (_, request) = stun::binding_request([3; 12], false);
+    let (_, change) = stun::binding_request([4; 12], true);
     let from: SocketAddr = "198.51.100.7:3478".parse().unwrap();
-    let response = stun::answer_binding_request(&request, from).expect("an answer");
-    fuzz("stun", vec![request, response], |bytes| {
+    let other = Some("198.51.100.1:3479".parse().unwrap());
+    let response = stun::answer_binding_request(&request, from, other).expect("an answer");
+    fuzz("stun", vec![request, change, response.bytes], |bytes| {
         let _ = stun::parse_binding_response(bytes);
-        let _ = stun::answer_binding_request(bytes, from);
+        let _ = stun::answer_binding_request(bytes, from, other);
     });
 }
 

@@ -48,6 +48,20 @@ fn agent(
     (daemon, router)
 }
 
+/// `status`'s NAT behaviour of `daemon` once discovered (it takes a few seconds after
+/// registering).
+fn nat_seen(daemon: &Daemon) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, status) = daemon.ternctl_json(&["status"]);
+        let nat = status["data"]["nat"].clone();
+        if nat["kind"] != "unknown" || Instant::now() > deadline {
+            return nat;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `a`'s `peers` entry for `b`.
 fn peer_entry(a: &Daemon, b: &Daemon) -> serde_json::Value {
     let (_, peers) = a.ternctl_json(&["peers"]);
@@ -317,4 +331,37 @@ fn a_cut_direct_path_fails_over_to_the_relay_mid_transfer_and_comes_back() {
     stderr.read_to_string(&mut said).unwrap();
     assert!(status.success(), "{said}");
     assert_eq!(received, sent, "every byte came back");
+}
+
+#[test]
+fn status_tells_the_kind_of_nat_a_node_sits_behind() {
+    let (mut net, _rendezvous, at) = internet_with_rendezvous();
+    let expectations = [
+        (Site::Public, "none"),
+        (Site::Behind(NatKind::FullCone), "cone"),
+        (Site::Behind(NatKind::HomeRouter), "port-restricted"),
+        (Site::Behind(NatKind::CarrierGrade), "port-restricted"),
+        (Site::Behind(NatKind::Symmetric), "symmetric"),
+    ];
+    let agents: Vec<_> = expectations
+        .iter()
+        .enumerate()
+        .map(|(i, (site, _))| agent(&mut net, &at, *site, &format!("n{i}")).0)
+        .collect();
+    for ((site, kind), daemon) in expectations.iter().zip(&agents) {
+        let nat = nat_seen(daemon);
+        assert_eq!(nat["kind"], *kind, "{site:?}: {nat}\n{}", daemon.log());
+    }
+    // And `peers` says why a connection to the symmetric side stays relayed.
+    let (symmetric, home) = (&agents[4], &agents[2]);
+    assert!(symmetric.ternctl(&["ping", &home.address]).status.success());
+    let entry = peer_entry(symmetric, home);
+    assert_eq!(entry["path"], "relay", "{entry}");
+    assert!(
+        entry["relayed_because"]
+            .as_str()
+            .unwrap()
+            .contains("symmetric"),
+        "{entry}"
+    );
 }

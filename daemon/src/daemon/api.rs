@@ -213,7 +213,14 @@ pub async fn serve_client<S: ApiConnection>(
                 write_frame(&mut client, &Response::success(daemon.status())).await?
             }
             Request::Peers { after } => {
-                let peers = daemon.node().peers().into_iter().map(|p| json!(p));
+                let relayed_because = daemon.relayed_because();
+                let peers = daemon.node().peers().into_iter().map(|p| {
+                    let mut peer = json!(p);
+                    if p.path == "relay" {
+                        peer["relayed_because"] = json!(relayed_because);
+                    }
+                    peer
+                });
                 let (peers, next) = page(peers, after.as_deref(), PAGE_BUDGET);
                 let peers = json!({ "peers": peers, "next": next });
                 write_frame(&mut client, &Response::success(peers)).await?

@@ -253,6 +253,20 @@ impl Daemon {
         self.rendezvous.own_name()
     }
 
+    /// Why a connection stays on the relay, as far as this node can tell: `peers` shows it.
+    pub fn relayed_because(&self) -> &'static str {
+        match self.rendezvous.nat().mapping {
+            crate::traversal::nat::Mapping::EndpointDependent => {
+                "this node's NAT gives each destination a new port (symmetric): hole punching \
+                 cannot meet the peer; a direct path is tried again, backing off"
+            }
+            _ => {
+                "hole punching got no answer: the peer's NAT (symmetric, or blocking UDP) or a \
+                 firewall lets nothing in; a direct path is tried again, backing off"
+            }
+        }
+    }
+
     pub fn status(&self) -> Value {
         let (registered, servers) = self.rendezvous.status();
         let (records_held, names_held) = {
@@ -268,6 +282,7 @@ impl Daemon {
             "endpoints": self.rendezvous.endpoints(),
             "registered": registered,
             "rendezvous": servers,
+            "nat": self.rendezvous.nat(),
             "dht": self.discovery.dht().map_or(json!("off"), |dht| dht.status()),
             "name": self.own_name(),
             "peers": self.node.peers().len(),

@@ -36,6 +36,8 @@ impl ProbeBudget {
 
 /// How long a ping or STUN request waits for its answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an unanswered STUN request is sent again.
+const STUN_RESEND: Duration = Duration::from_millis(300);
 /// How often an unanswered ping is sent again (probes and path checks wait less than this, so
 /// they send one each).
 const PING_RESEND: Duration = Duration::from_millis(1500);
@@ -117,13 +119,87 @@ fn forward_relayed(shared: &Shared, packet: &Diverted) -> Option<(SocketAddr, By
 }
 
 fn handle_stun(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
-    if let Some((id, mapped)) = stun::parse_binding_response(&packet.data) {
-        if let Some(waiter) = shared.state().stun.remove(&id) {
-            let _ = waiter.send(mapped);
+    if let Some(response) = stun::parse_binding_response(&packet.data) {
+        if let Some(waiter) = shared.state().stun.remove(&response.id) {
+            let _ = waiter.send(response);
         }
         return None;
     }
-    stun::answer_binding_request(&packet.data, packet.from)
+    let other = shared.other_port.as_ref();
+    let answer = stun::answer_binding_request(&packet.data, packet.from, other.map(|o| o.local))?;
+    match (answer.from_other, other) {
+        (false, _) => Some(answer.bytes),
+        (true, Some(other)) => {
+            send_datagram(&*other.socket, packet.from, &answer.bytes);
+            None
+        }
+        (true, None) => None,
+    }
+}
+
+/// Binds the answer-only STUN socket beside the node's socket (same address, any port).
+pub(super) fn bind_other_port(env: &dyn Env, beside: SocketAddr) -> Option<OtherPort> {
+    let bound = env
+        .bind_udp(SocketAddr::new(beside.ip(), 0), OTHER_PORT_BUFFER)
+        .and_then(|b| Ok((b.socket.local_addr()?, b.socket)));
+    match bound {
+        Ok((local, socket)) => Some(OtherPort { socket, local }),
+        Err(e) => {
+            tracing::warn!(error = %e, "no second STUN port: peers cannot tell their NAT's kind through this node");
+            None
+        }
+    }
+}
+
+/// The second STUN socket's buffers: it only ever holds small Binding requests.
+const OTHER_PORT_BUFFER: usize = 64 * 1024;
+
+/// Answers Binding requests on the second STUN socket (never asked to change port again:
+/// RFC 5780's requests to it ask for nothing more), and drops everything else.
+pub(super) async fn serve_other_port(socket: Arc<dyn quinn::AsyncUdpSocket>) {
+    let mut buffer = vec![0u8; 2048];
+    loop {
+        let (n, from) = match receive_datagram(&*socket, &mut buffer).await {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::debug!(error = %e, "second STUN port: receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Some(answer) = stun::answer_binding_request(&buffer[..n], from, None) {
+            send_datagram(&*socket, from, &answer.bytes);
+        }
+    }
+}
+
+/// One datagram from a quinn socket (the first segment of a coalesced batch).
+async fn receive_datagram(
+    socket: &dyn quinn::AsyncUdpSocket,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        let mut meta = [quinn::udp::RecvMeta::default()];
+        let mut bufs = [std::io::IoSliceMut::new(buffer)];
+        std::task::ready!(socket.poll_recv(cx, &mut bufs, &mut meta))?;
+        Poll::Ready(Ok((meta[0].len.min(meta[0].stride), meta[0].addr)))
+    })
+    .await
+}
+
+/// Sends one datagram if the socket takes it at once (STUN answers: a lost one is asked
+/// again).
+fn send_datagram(socket: &dyn quinn::AsyncUdpSocket, to: SocketAddr, data: &[u8]) {
+    let transmit = quinn::udp::Transmit {
+        destination: to,
+        ecn: None,
+        contents: data,
+        segment_size: None,
+        src_ip: None,
+    };
+    if let Err(e) = socket.try_send(&transmit) {
+        tracing::debug!(%to, error = %e, "STUN answer not sent");
+    }
 }
 
 fn handle_control(shared: &Shared, packet: &Diverted) -> Option<Vec<u8>> {
@@ -348,21 +424,60 @@ impl Node {
         allowed
     }
 
-    /// Asks a STUN server which address this node's socket appears from.
-    pub async fn stun(&self, server: SocketAddr) -> Result<SocketAddr, ProbeError> {
-        let (id, request) = stun::binding_request(self.shared.env.random_bytes());
+    /// Asks a STUN server which address this node's socket appears from (and, with
+    /// `change_port`, to answer from its other port), sending again every
+    /// [`STUN_RESEND`] until answered or `timeout` passes.
+    pub async fn stun(
+        &self,
+        server: SocketAddr,
+        change_port: bool,
+        timeout: Duration,
+    ) -> Result<stun::BindingResponse, ProbeError> {
+        let (id, request) = stun::binding_request(self.shared.env.random_bytes(), change_port);
         let (tx, rx) = oneshot::channel();
         self.shared.state().stun.insert(id, tx);
-        let outcome = with_timeout(PROBE_TIMEOUT, async {
-            self.shared
-                .socket
-                .send_raw(server, &request)
-                .await
-                .map_err(ProbeError::Send)?;
-            rx.await.map_err(|_| ProbeError::ShuttingDown)
+        let outcome = with_timeout(timeout, async {
+            let mut resend = tokio::time::interval(STUN_RESEND);
+            tokio::pin!(rx);
+            loop {
+                tokio::select! {
+                    answered = &mut rx => return answered.map_err(|_| ProbeError::ShuttingDown),
+                    _ = resend.tick() => self
+                        .shared
+                        .socket
+                        .send_raw(server, &request)
+                        .await
+                        .map_err(ProbeError::Send)?,
+                }
+            }
         })
         .await;
         self.shared.state().stun.remove(&id);
         outcome
+    }
+
+    /// What kind of NAT this node sits behind, as seen through the STUN server at `server`
+    /// (a rendezvous: every node answers STUN on two ports). Takes up to about three
+    /// `wait`s; the filtering test goes first, before this node has sent anything to the
+    /// server's other port that could open its NAT to it.
+    pub async fn discover_nat(
+        &self,
+        server: SocketAddr,
+        wait: Duration,
+    ) -> crate::traversal::nat::NatBehaviour {
+        use crate::traversal::nat::{Observations, classify};
+        let first = self.stun(server, false, wait).await.ok();
+        let mut seen = Observations {
+            local: Some(self.shared.local_addr),
+            interfaces: self.shared.env.interface_addresses(),
+            mapped: first.map(|f| f.mapped),
+            ..Observations::default()
+        };
+        if let Some(other) = first.and_then(|f| f.other) {
+            seen.other_port_got_in = Some(self.stun(server, true, wait).await.is_ok());
+            let other = SocketAddr::new(server.ip(), other.port());
+            seen.mapped_other = self.stun(other, false, wait).await.ok().map(|o| o.mapped);
+        }
+        classify(&seen)
     }
 }

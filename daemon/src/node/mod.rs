@@ -20,7 +20,7 @@ pub use errors::{DatagramError, DialError, Dialled, ExchangeError, ListenError, 
 pub use ports::{Access, Datagram, Listener, OverlayStream};
 
 use connections::{accept_links, accept_loop};
-use control::{ProbeBudget, control_loop, direct_address};
+use control::{ProbeBudget, bind_other_port, control_loop, direct_address};
 use ports::{refuse_uni_streams, serve_datagrams, serve_streams};
 
 use std::collections::HashMap;
@@ -188,7 +188,7 @@ struct State {
     trusted: std::collections::HashSet<Address>,
     known: HashMap<Address, Known>,
     pings: HashMap<u64, PendingPing>,
-    stun: HashMap<stun::TransactionId, oneshot::Sender<SocketAddr>>,
+    stun: HashMap<stun::TransactionId, oneshot::Sender<stun::BindingResponse>>,
     next_ephemeral_port: u16,
 }
 
@@ -274,6 +274,16 @@ struct Shared {
     span: tracing::Span,
     tasks: Arc<Tasks>,
     env: Arc<dyn Env>,
+    /// The second, answer-only STUN socket (see [`control::serve_other_port`]); None if it
+    /// could not be bound.
+    other_port: Option<OtherPort>,
+}
+
+/// A UDP socket that only answers STUN, so that peers can tell what kind of NAT they sit
+/// behind (`transport::stun`).
+struct OtherPort {
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    local: SocketAddr,
 }
 
 impl Shared {
@@ -395,7 +405,9 @@ impl Node {
             send_buffer = buffer_sizes.send,
             "node listening"
         );
+        let other_port = bind_other_port(&*env, local_addr);
         let shared = Arc::new(Shared {
+            other_port,
             identity,
             endpoint: endpoint.clone(),
             socket: demux,
@@ -420,6 +432,11 @@ impl Node {
         shared
             .tasks
             .spawn(control_loop(diverted, Arc::downgrade(&shared)));
+        if let Some(other) = &shared.other_port {
+            shared
+                .tasks
+                .spawn(control::serve_other_port(other.socket.clone()));
+        }
         // Nodes whose network blocks UDP reach this one over TCP, on the same port.
         match shared.env.listen_tcp(local_addr) {
             Ok(listener) => {

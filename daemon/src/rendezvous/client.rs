@@ -24,6 +24,7 @@ use crate::node::{DialError, ExchangeError, Node, ProbeError};
 use crate::rendezvous::pins::{KeyCheck, ServerPins, ServerSpec, SpecError};
 use crate::store::{Document, StoreError};
 use crate::transport::paths::{canonical, is_link};
+use crate::traversal::nat::NatBehaviour;
 
 /// A rendezvous whose request queue is full (many nodes asking at once) is asked again, up to
 /// this many times, after a pause that doubles each time (with jitter).
@@ -142,6 +143,8 @@ pub async fn lookup_name(
 
 /// How long a STUN request to the rendezvous may take before registering without it.
 const STUN_WAIT: Duration = Duration::from_secs(1);
+/// How long each NAT behaviour test waits for its answer.
+const NAT_TEST_WAIT: Duration = Duration::from_secs(2);
 /// How long a rendezvous gets to answer over UDP before it is tried over TCP.
 const UDP_FIRST: Duration = Duration::from_secs(3);
 
@@ -168,6 +171,11 @@ pub struct ServerState {
     last_error: Option<String>,
     /// Why this server did not take this node's name (another key holds it), if it did not.
     name_refused: Option<String>,
+    /// The NAT this node sits behind, as seen through this server.
+    nat: Option<NatBehaviour>,
+    /// The address `nat` was discovered from: when the observed one changes, it is again.
+    #[serde(skip)]
+    nat_observed: Option<SocketAddr>,
 }
 
 impl ServerState {
@@ -184,6 +192,8 @@ impl ServerState {
                     observed: None,
                     last_error: None,
                     name_refused: None,
+                    nat: None,
+                    nat_observed: None,
                 })
             })
             .collect()
@@ -666,9 +676,7 @@ impl RendezvousClient {
     /// record carries it; the registration's answer confirms it.
     async fn learn_reflexive(&self, spec: &str, server: Address) {
         let reflexive = match self.node.remote_of(server).filter(|at| !is_link(at)) {
-            Some(at) => tokio::time::timeout(STUN_WAIT, self.node.stun(at))
-                .await
-                .unwrap_or(Err(ProbeError::Timeout(STUN_WAIT))),
+            Some(at) => self.node.stun(at, false, STUN_WAIT).await.map(|r| r.mapped),
             None => Err(ProbeError::UnknownPeer(server)),
         };
         match reflexive {
@@ -702,6 +710,41 @@ impl RendezvousClient {
             }
             Err(e) => Registered::Failed(e.to_string()),
         }
+    }
+
+    /// Finds out what kind of NAT this node sits behind through the server at `index`, once
+    /// per address the server observes for this node (a new address may mean a new NAT), in
+    /// a task of its own: the tests wait for answers that a NAT may never let in.
+    fn discover_nat_if_due(self: &Arc<Self>, index: usize, server: Address) {
+        let Some(at) = self.node.remote_of(server).filter(|at| !is_link(at)) else {
+            return;
+        };
+        {
+            let mut servers = self.servers();
+            let state = &mut servers[index];
+            if state.observed.is_none() || state.nat_observed == state.observed {
+                return;
+            }
+            state.nat_observed = state.observed;
+        }
+        let client = Arc::downgrade(self);
+        let node = self.node.clone();
+        self.node.spawn(async move {
+            let behaviour = node.discover_nat(at, NAT_TEST_WAIT).await;
+            if let Some(c) = client.upgrade() {
+                tracing::info!(nat = behaviour.kind(), mapping = ?behaviour.mapping, filtering = ?behaviour.filtering, "NAT behaviour discovered");
+                c.servers()[index].nat = Some(behaviour);
+            }
+        });
+    }
+
+    /// The NAT this node sits behind, as the first server that could tell saw it.
+    pub fn nat(&self) -> NatBehaviour {
+        self.servers()
+            .iter()
+            .filter_map(|s| s.nat)
+            .find(|n| *n != NatBehaviour::UNKNOWN)
+            .unwrap_or(NatBehaviour::UNKNOWN)
     }
 
     fn set_observed(&self, spec: &str, observed: SocketAddr) {
@@ -778,6 +821,7 @@ async fn keep_registered(client: Weak<RendezvousClient>, index: usize, jitter_se
                 Step::Stun => {
                     if let Some(server) = server {
                         c.learn_reflexive(&spec, server).await;
+                        c.discover_nat_if_due(index, server);
                     }
                     machine.handle_stunned();
                 }

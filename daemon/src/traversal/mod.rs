@@ -17,6 +17,7 @@ pub mod candidates;
 pub mod connect;
 pub mod driver;
 pub mod monitor;
+pub mod nat;
 pub mod punch;
 pub mod race;
 

@@ -44,8 +44,17 @@ pub async fn status(client: &Client) -> Result<Report, Failure> {
             },
         ),
     };
+    let nat = &data["nat"];
+    let nat = match nat["kind"].as_str() {
+        Some("unknown") | None => "unknown (not seen through a rendezvous yet)".to_string(),
+        Some(kind) => format!(
+            "{kind} (mapping {}, filtering {})",
+            nat["mapping"].as_str().unwrap_or("?"),
+            nat["filtering"].as_str().unwrap_or("?")
+        ),
+    };
     let text = format!(
-        "address     {}\nlisten      {}\nendpoints   {}\nrendezvous  {rendezvous} (registered: {registered})\ndht         {dht}\npeers       {}",
+        "address     {}\nlisten      {}\nendpoints   {}\nrendezvous  {rendezvous} (registered: {registered})\nnat         {nat}\ndht         {dht}\npeers       {}",
         data["address"].as_str().unwrap_or("?"),
         data["listen"].as_str().unwrap_or("?"),
         data["endpoints"]
@@ -77,6 +86,9 @@ pub async fn peers(client: &Client) -> Result<Report, Failure> {
             p["bytes_received"],
             p["since"],
         ));
+        if let Some(why) = p["relayed_because"].as_str() {
+            text.push_str(&format!("                relayed: {why}\n"));
+        }
     }
     Ok(Report { data, text })
 }
