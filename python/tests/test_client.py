@@ -63,6 +63,46 @@ async def _send_and_finish(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write_eof()
 
 
+def test_attached_sockets_carry_a_stream_with_no_bytes_through_python(lab: Processes) -> None:
+    a, b = lab.pair()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        client_a, client_b = tern.Client(a.home), tern.Client(b.home)
+        payload = pattern(3, 1 << 20)
+        # Each side hands one end of a socket pair to its daemon and keeps the other.
+        ours_a, theirs_a = socket.socketpair()
+        ours_b, theirs_b = socket.socketpair()
+        for s in (ours_a, ours_b):
+            s.setblocking(False)
+        async with client_b.listen(PORT, open=True) as listener:
+            pending_a = await client_a.dial_pending(b.address, PORT)
+            pending_b = await listener.accept_pending()
+            assert pending_b.peer == a.address and pending_a.peer == b.address
+            attached = asyncio.gather(pending_a.attach(theirs_a), pending_b.attach(theirs_b))
+            await loop.sock_sendall(ours_a, payload)
+            ours_a.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while chunk := await loop.sock_recv(ours_b, 65536):
+                got += chunk
+                if len(got) == len(payload):
+                    ours_b.shutdown(socket.SHUT_WR)
+            assert bytes(got) == payload
+            assert await loop.sock_recv(ours_a, 1) == b""
+            outcomes = await asyncio.wait_for(attached, 10)
+        assert [o["end"] for o in outcomes] == ["clean", "clean"], outcomes
+        # A descriptor that is not a stream socket breaks only that stream, with a reason.
+        async with client_b.listen(PORT, open=True) as listener:
+            pending = await client_a.dial_pending(b.address, PORT)
+            await listener.accept()
+            outcome = await pending.attach(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            assert outcome["end"] == "broken" and "not a stream socket" in outcome["detail"]
+        for s in (ours_a, ours_b):
+            s.close()
+
+    asyncio.run(run())
+
+
 def test_datagrams_go_both_ways(lab: Processes) -> None:
     a, b = lab.pair()
 

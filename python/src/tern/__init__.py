@@ -18,7 +18,7 @@ over a tern stream (extra ``tern[mcp]``). Every error derives from :class:`TernE
 from __future__ import annotations
 
 from . import mcp
-from .client import Client, Datagram, Listener, Stream
+from .client import Client, Datagram, Listener, Pending, Stream
 from .errors import (
     ApiError,
     BadAddressError,
@@ -50,6 +50,7 @@ __all__ = [
     "NameTakenError",
     "NotDeliveredError",
     "NotFoundError",
+    "Pending",
     "PinMismatchError",
     "ProtocolError",
     "RefusedError",

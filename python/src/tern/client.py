@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +42,57 @@ class Stream(tuple[asyncio.StreamReader, asyncio.StreamWriter]):
     @property
     def writer(self) -> asyncio.StreamWriter:
         return self[1]
+
+
+class Pending:
+    """A stream waiting for a socket: :meth:`attach` hands the daemon a connected stream
+    socket (a TCP connection, say) and the daemon carries the bytes between it and the
+    overlay stream itself, with no hop through this process. ``peer`` and ``stream`` as for
+    :class:`Stream`."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: dict[str, Any]
+    ) -> None:
+        self._reader, self._writer = reader, writer
+        self.peer = str(info.get("peer", ""))
+        self.stream = int(info.get("stream", 0))
+        self.port = int(info.get("port", 0))
+
+    async def attach(self, sock: socket.socket) -> dict[str, Any]:
+        """Hands ``sock`` over and waits until the stream has ended; returns its outcome
+        (``{"end": "clean"}``, or how it broke, as :meth:`Client.outcome` tells). ``sock`` is
+        closed when this returns: with a TCP reset, unless the stream ended cleanly, so the
+        local application sees a failure rather than an end. Leaving (cancelling) breaks
+        the stream."""
+        outcome: dict[str, Any] | None = None
+        try:
+            await self._send_socket(sock)
+            outcome = _frames.answer(await _read_frame(self._reader))
+            return outcome if isinstance(outcome, dict) else {}
+        finally:
+            if not (isinstance(outcome, dict) and outcome.get("end") == "clean"):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass  # not TCP: nothing to reset
+            sock.close()
+            self._writer.close()
+
+    async def _send_socket(self, sock: socket.socket) -> None:
+        connection = self._writer.get_extra_info("socket")
+        if connection is None:
+            raise ProtocolError("the connection to ternd has no socket to pass a descriptor on")
+        # asyncio's wrapper of its socket offers no sendmsg: a socket over a copy of the
+        # descriptor does.
+        with socket.socket(fileno=os.dup(connection.fileno())) as unix:
+            while True:
+                try:
+                    socket.send_fds(unix, [b"\0"], [sock.fileno()])
+                    return
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                except OSError as e:
+                    raise ProtocolError(f"could not hand the socket to ternd: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -177,6 +230,18 @@ class Client:
             raise
         return Stream(reader, writer, info)
 
+    async def dial_pending(self, target: str, port: int) -> Pending:
+        """Opens a stream to ``port`` on ``target`` for a socket to be attached to (see
+        :class:`Pending`): the daemon then carries its bytes."""
+        reader, writer = await self._connect()
+        request = {"op": "dial", "target": target, "port": port, "attach": True}
+        try:
+            info = await self._exchange(reader, writer, request)
+        except BaseException:
+            writer.close()
+            raise
+        return Pending(reader, writer, info)
+
     def listen(self, port: int, open: bool = False) -> Listener:
         """Holds ``port`` for incoming streams and datagrams: use it as ``async with`` (the
         port is held until it exits) and iterate it for streams. ``open`` admits every
@@ -263,6 +328,18 @@ class Listener:
             writer.close()
             raise
         return Stream(reader, writer, info)
+
+    async def accept_pending(self) -> Pending:
+        """The next incoming stream, for a socket to be attached to (see :class:`Pending`)."""
+        await self.start()
+        reader, writer = await self.client._connect()
+        request = {"op": "accept", "port": self.port, "attach": True}
+        try:
+            info = await Client._exchange(reader, writer, request)
+        except BaseException:
+            writer.close()
+            raise
+        return Pending(reader, writer, info)
 
     def __aiter__(self) -> Listener:
         return self
