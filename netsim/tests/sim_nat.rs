@@ -106,3 +106,34 @@ fn every_pair_of_nat_kinds_connects_and_ends_on_the_lab_s_path() {
         wrong.join("\n")
     );
 }
+
+/// What each node's `status` says of its NAT, as it learnt through the rendezvous: the same
+/// kinds the kernel lab's NATs show (tests/tests/nat.rs).
+#[test]
+fn each_node_tells_the_kind_of_nat_it_sits_behind() {
+    let kinds = run_paused(Duration::from_secs(120), async {
+        let sim = Sim::new(5, Duration::from_millis(10));
+        let rendezvous_ip = Ipv4Addr::new(203, 0, 113, 1);
+        let rendezvous_at = SocketAddr::from((rendezvous_ip, DEFAULT_PORT));
+        let _rendezvous = sim
+            .start_node(rendezvous_ip, &[], None)
+            .expect("rendezvous");
+        let mut nodes = Vec::new();
+        for (n, site) in SITES.into_iter().enumerate() {
+            let ip = place(&sim, site, n as u8 + 1);
+            nodes.push(sim.start_node(ip, &[rendezvous_at], None).expect("node"));
+        }
+        wait_registered(&nodes).await;
+        // The filtering test waits out its answer on a NAT that lets none in.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        nodes
+            .iter()
+            .map(|n| n.status()["nat"]["kind"].as_str().unwrap_or("?").to_string())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(
+        kinds,
+        ["none", "cone", "port-restricted", "symmetric", "unknown"],
+        "{SITES:?}"
+    );
+}
